@@ -1,0 +1,106 @@
+"""The ``minimoe`` command: ``minimoe grade ...``, ``minimoe release``, ``minimoe kitchen``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, need a positive number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"got {text!r}, need a positive number")
+        return value
+    return parse
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from minimoe.grading.grader import GradingError, format_result, format_summary, grade_notebook, write_reports
+    from minimoe.grading.kernel import Limits
+
+    limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_gb=args.memory)
+    missing = [p for p in args.paths if not Path(p).is_file()]
+    if missing:
+        print(f"minimoe grade: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    results, failures = [], 0
+    for i, path in enumerate(args.paths, 1):
+        print(f"[{i}/{len(args.paths)}] grading {path} ...", flush=True)
+        try:
+            result = grade_notebook(path, limits, chapter=args.chapter)
+        except GradingError as e:
+            print(f"minimoe grade: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        results.append(result)
+        print(format_result(result), flush=True)
+    if results:
+        print()
+        print(format_summary(results))
+        for target in write_reports(results, Path(args.out)):
+            print(f"wrote {target}")
+    # The exit status says whether grading ran, never what the students scored.
+    return 1 if failures else 0
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from minimoe.grading.release import release
+
+    changed = release(args.solutions, args.exercises, check_only=args.check)
+    if args.check:
+        for p in changed:
+            print(f"out of date: {p}")
+        if changed:
+            print("run `make release` to write exercises/ from solutions/", file=sys.stderr)
+        return 1 if changed else 0
+    for p in changed:
+        print(f"wrote {p}")
+    print(f"{len(changed)} exercise notebook(s) changed")
+    return 0
+
+
+def _cmd_kitchen(args: argparse.Namespace) -> int:
+    from minimoe.course import print_kitchen
+
+    print_kitchen()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimoe", description="The minimoe course's command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grade", help="grade exercise notebooks in isolated kernels")
+    g.add_argument("paths", nargs="+", metavar="PATH", help="submitted notebooks (.ipynb)")
+    g.add_argument("--out", default="graded", help="folder for results.json files and summary.csv (default: graded)")
+    g.add_argument("--timeout", type=_positive(float), default=600.0,
+                   help="seconds to run one whole notebook (default: 600)")
+    g.add_argument("--cell-timeout", type=_positive(float), default=60.0,
+                   help="seconds for one cell or one check's call (default: 60)")
+    g.add_argument("--memory", type=_positive(float), default=4.0, help="GB of memory for a notebook's kernel (default: 4)")
+    g.add_argument("--chapter", default=None, help="chapter to grade against (default: from the file name NN_*.ipynb)")
+    g.set_defaults(func=_cmd_grade)
+
+    r = sub.add_parser("release", help="write exercises/ from solutions/")
+    r.add_argument("--solutions", default="solutions")
+    r.add_argument("--exercises", default="exercises")
+    r.add_argument("--check", action="store_true", help="write nothing; fail if exercises/ is out of date")
+    r.set_defaults(func=_cmd_release)
+
+    k = sub.add_parser("kitchen", help="print versions, the device and whether Triton is there")
+    k.set_defaults(func=_cmd_kitchen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The course's kitchen: set up a reproducible session, pick the device, and know the chapters.
+
+Every notebook starts with ``minimoe.course.setup()``: it seeds every random number generator,
+fixes the CPU thread count and asks for deterministic algorithms, so that a notebook's stored
+outputs come out the same on every run. ``CHAPTERS`` is the one list of chapters that the
+README's course map, the Colab links and chapter 00's tour are made from.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import minimoe
+
+GITHUB_REPO = "minimoe-course/minimoe"
+"""Where the course is published: the Colab links and the Colab install cell point here."""
+
+GITHUB_BRANCH = "main"
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter: a lecture notebook, an exercise notebook, a package module and checks."""
+
+    number: str  # "00"
+    slug: str  # "setup_and_tour"
+    title: str
+    teaches: str
+    module: str
+
+    @property
+    def notebook(self) -> str:
+        return f"notebooks/{self.number}_{self.slug}.ipynb"
+
+    @property
+    def exercise(self) -> str:
+        return f"exercises/{self.number}_{self.slug}.ipynb"
+
+    @property
+    def solution(self) -> str:
+        return f"solutions/{self.number}_{self.slug}.ipynb"
+
+    def colab_url(self, path: str | None = None) -> str:
+        path = path or self.notebook
+        return f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/{GITHUB_BRANCH}/{path}"
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter("00", "setup_and_tour", "Setup and tour",
+            "what we will bake; check the kitchen (device, versions); how exercises are checked",
+            "minimoe.course"),
+    Chapter("01", "the_recipe", "The recipe",
+            "FLOPs ≈ 6·N·D, GPU-hours and dollars; DeepSeek-V3's 2.788M GPU-hours; Chinchilla",
+            "minimoe.recipe"),
+    Chapter("02", "the_batter", "The batter",
+            "tokens, a tokenizer, synthetic data and chain-of-thought examples",
+            "minimoe.data"),
+    Chapter("03", "the_pan_dense", "The pan, dense",
+            "a decoder-only transformer, training with a progress bar, sampling",
+            "minimoe.model, minimoe.train, minimoe.generate"),
+    Chapter("04", "experts_and_the_router", "Experts and the router",
+            "experts, top-k routing, gate weights, the naive dispatch loop",
+            "minimoe.moe"),
+    Chapter("05", "keeping_experts_busy", "Keeping experts busy",
+            "load balancing, capacity, shared and fine-grained experts",
+            "minimoe.moe"),
+    Chapter("06", "the_oven_dispatch_kernel", "The oven: an expert-dispatch kernel",
+            "sort/permute, grouped matmul, combine; a Triton kernel with autograd",
+            "minimoe.dispatch"),
+    Chapter("07", "memory", "Memory: where the bytes go",
+            "a memory profiler; what each memory technique buys, measured",
+            "minimoe.profiler"),
+    Chapter("08", "latent_attention", "Latent attention and the KV cache",
+            "MHA vs GQA vs MLA; KV bytes per token",
+            "minimoe.model"),
+    Chapter("09", "mapreduce_for_experts", "MapReduce for experts",
+            "expert parallelism with all-to-all on torch.distributed",
+            "minimoe.parallel"),
+    Chapter("10", "thinking_costs_tokens", "Thinking costs tokens",
+            "test-time compute: chain-of-thought against direct answers",
+            "minimoe.generate, minimoe.recipe"),
+)
+
+
+def chapter(number: str | int) -> Chapter:
+    """The chapter with this number (``"03"`` or ``3``)."""
+    key = f"{int(number):02d}" if isinstance(number, int) or str(number).isdigit() else None
+    for ch in CHAPTERS:
+        if ch.number == key:
+            return ch
+    raise ValueError(f"chapter: got {number!r}, need one of {[c.number for c in CHAPTERS]}")
+
+
+def course_map(root: str | os.PathLike | None = None, link_prefix: str = "") -> str:
+    """The README's course map as a Markdown table; chapters not written yet say "planned".
+
+    ``root`` is the repository's folder (to see which notebooks exist); ``link_prefix`` is put in
+    front of every relative link (``"../"`` for a table shown inside ``notebooks/``).
+    """
+    root = os.fspath(root) if root is not None else None
+
+    def exists(path: str) -> bool:
+        return root is not None and os.path.exists(os.path.join(root, path))
+
+    badge = "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    lines = [
+        "| # | chapter | what it teaches | lecture | exercise | Colab |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ch in CHAPTERS:
+        if exists(ch.notebook):
+            lecture = f"[{ch.number}_{ch.slug}]({link_prefix}{ch.notebook})"
+            colab = f"{badge}({ch.colab_url()})"
+        else:
+            lecture, colab = "planned", ""
+        exercise = f"[{ch.number}_{ch.slug}]({link_prefix}{ch.exercise})" if exists(ch.exercise) else "planned"
+        lines.append(f"| {ch.number} | {ch.title} | {ch.teaches} | {lecture} | {exercise} | {colab} |")
+    return "\n".join(lines)
+
+
+# --- the device --------------------------------------------------------------------------------
+
+def device() -> torch.device:
+    """The best device here: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def preferred_dtype(dev: torch.device | str | None = None) -> torch.dtype:
+    """The dtype to compute in on ``dev``: bf16 where the GPU has it, fp16 on older GPUs, else fp32.
+
+    A T4 (compute capability 7.5) has no bf16 units, so it gets fp16; the CPU gets fp32, which is
+    what the course's small models train in.
+    """
+    dev = torch.device(dev) if dev is not None else device()
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.float32
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported here (it exists on Linux only)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def on_colab() -> bool:
+    """Whether this Python runs inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+# --- one call at the top of every notebook -----------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device included)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed: got {type(seed).__name__}, need an int")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(seed: int = 0, threads: int = 2, deterministic: bool = True, verbose: bool = True) -> torch.device:
+    """Make this session reproducible and return the device to use.
+
+    - seeds Python, NumPy and torch with ``seed``;
+    - fixes torch's CPU thread count to ``threads`` (float sums depend on how work is split);
+    - asks torch for deterministic algorithms (``deterministic=True``);
+    - prints one line naming the device, so a reader sees where the cells run.
+    """
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads: got {threads!r}, need an int >= 1")
+    seed_everything(seed)
+    torch.set_num_threads(threads)
+    if deterministic:
+        # cuBLAS needs this workspace setting to be deterministic; harmless elsewhere.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+    dev = device()
+    if verbose:
+        print(f"minimoe ready: device {describe_device(dev)}, seed {seed}, {threads} CPU threads")
+    return dev
+
+
+def describe_device(dev: torch.device | str | None = None) -> str:
+    """A short description of a device: ``cpu``, or ``cuda (Tesla T4, sm 7.5, computes in float16)``."""
+    dev = torch.device(dev) if dev is not None else device()
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        name = torch.cuda.get_device_name(index)
+        dtype = str(preferred_dtype(dev)).replace("torch.", "")
+        return f"cuda ({name}, sm {major}.{minor}, computes in {dtype})"
+    return dev.type
+
+
+def kitchen() -> dict[str, str | bool | None]:
+    """What this machine brings to the course: versions, device, whether Triton is there."""
+    info: dict[str, str | bool | None] = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "minimoe": minimoe.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": describe_device(),
+        "preferred dtype": str(preferred_dtype()).replace("torch.", ""),
+        "cuda": torch.version.cuda,
+        "triton": None,
+        "colab": on_colab(),
+    }
+    if triton_available():
+        import triton
+
+        info["triton"] = triton.__version__
+    return info
+
+
+def print_kitchen() -> None:
+    """Print ``kitchen()`` as a two-column table."""
+    info = kitchen()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        shown = "not installed" if value is None and key in ("triton", "cuda") else value
+        print(f"{key:<{width}}  {shown}")
+
+
+def colab_install_source() -> str:
+    """The first code cell of every notebook: install minimoe, only when running on Colab."""
+    return (
+        "# On Colab, install the course's package; on your own machine `make lab` already did.\n"
+        "import sys, subprocess\n"
+        "try:\n"
+        "    import google.colab  # noqa: F401  (exists only on Colab)\n"
+        "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',\n"
+        f"                    'minimoe[course] @ git+https://github.com/{GITHUB_REPO}@{GITHUB_BRANCH}'],\n"
+        "                   check=True)\n"
+        "except ImportError:\n"
+        "    pass"
+    )

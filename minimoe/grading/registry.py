@@ -1,0 +1,140 @@
+"""The one registry of exercise checks, keyed by exercise id ("00.warmup").
+
+An exercise names the functions a student writes; each of its checks has a name, points and a
+hint, and a body ``run(student, rng)`` that calls the student's functions through ``student``
+(an adapter: in a notebook it calls them directly, in ``minimoe grade`` it sends the inputs to
+the student's kernel) and compares the answers with its own reference, raising
+``AssertionError`` with a message when they differ. The grader takes maximum points from here,
+never from the student's notebook.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+
+class Student(Protocol):
+    """How a check reaches the student's code. Results are plain tensors, numbers and containers."""
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def value(self, name: str) -> Any: ...
+
+
+class StudentError(Exception):
+    """The student's code could not give an answer: it raised, hung, died or returned junk."""
+
+
+CheckBody = Callable[[Student, torch.Generator], None]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    points: float
+    hint: str
+    run: CheckBody
+
+
+@dataclass
+class Exercise:
+    id: str
+    title: str
+    functions: tuple[str, ...]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def chapter(self) -> str:
+        return self.id.split(".", 1)[0]
+
+    @property
+    def max_points(self) -> float:
+        return sum(c.points for c in self.checks)
+
+    def check(self, name: str, points: float, hint: str) -> Callable[[CheckBody], CheckBody]:
+        """Decorator: register ``body`` as one check of this exercise."""
+        if not isinstance(points, (int, float)) or points <= 0:
+            raise ValueError(f"points: got {points!r}, need a positive number")
+        if not hint:
+            raise ValueError(f"hint: check {name!r} needs a hint")
+
+        def register(body: CheckBody) -> CheckBody:
+            if any(c.name == name for c in self.checks):
+                raise ValueError(f"exercise {self.id}: a check named {name!r} exists already")
+            self.checks.append(Check(name, float(points), hint, body))
+            return body
+
+        return register
+
+
+REGISTRY: dict[str, Exercise] = {}
+
+_ID = re.compile(r"^\d\d\.[a-z0-9_]+$")
+
+
+def exercise(id: str, title: str, functions: tuple[str, ...] | list[str] = ()) -> Exercise:
+    """Create and register an exercise. ``id`` is ``"NN.name"`` with NN its chapter."""
+    if not isinstance(id, str) or not _ID.match(id):
+        raise ValueError(f"id: got {id!r}, need 'NN.name' such as '00.warmup'")
+    if id in REGISTRY:
+        raise ValueError(f"id: exercise {id!r} is registered already")
+    ex = Exercise(id, title, tuple(functions))
+    REGISTRY[id] = ex
+    return ex
+
+
+def _load_checks() -> None:
+    from minimoe.grading import checks  # noqa: F401  (registers every chapter's exercises)
+
+
+def get_exercise(id: str) -> Exercise:
+    _load_checks()
+    if id not in REGISTRY:
+        raise KeyError(f"no exercise {id!r}; known: {', '.join(sorted(REGISTRY)) or 'none'}")
+    return REGISTRY[id]
+
+
+def exercises_for_chapter(chapter: str) -> list[Exercise]:
+    """Every exercise of a chapter (``"00"``), in registry order."""
+    _load_checks()
+    return [ex for ex in REGISTRY.values() if ex.chapter == chapter]
+
+
+# --- helpers that checks share -----------------------------------------------------------------
+
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    # (rtol, atol), as torch.testing.assert_close uses by default, stated here once.
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}
+
+
+def expect_close(got: Any, want: torch.Tensor, what: str) -> None:
+    """Assert that ``got`` is a tensor of ``want``'s shape whose values match within TOLERANCES."""
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(got).__name__}")
+    if tuple(got.shape) != tuple(want.shape):
+        raise AssertionError(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    if not got.dtype.is_floating_point and want.dtype.is_floating_point:
+        raise AssertionError(f"{what}: expected a floating-point tensor, got {got.dtype}")
+    rtol, atol = TOLERANCES.get(want.dtype, (1e-5, 1e-8))
+    got = got.to(want.dtype)
+    if not torch.isfinite(got).all():
+        raise AssertionError(f"{what}: the result has NaN or inf where the answer is finite")
+    if not torch.allclose(got, want, rtol=rtol, atol=atol):
+        err = (got - want).abs().max().item()
+        raise AssertionError(f"{what}: values differ (max |difference| {err:.3g}, rtol {rtol}, atol {atol})")
+
+
+def expect_equal(got: Any, want: Any, what: str) -> None:
+    """Assert exact equality of plain numbers (``bool`` never passes for an ``int``)."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not isinstance(want, torch.Tensor):
+        got = got.item()
+    if isinstance(got, bool) != isinstance(want, bool) or got != want:
+        raise AssertionError(f"{what}: expected {want!r}, got {got!r}")

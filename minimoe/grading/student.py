@@ -1,0 +1,60 @@
+"""Adapters through which checks reach a student's functions, and the rule for what comes back.
+
+A check sees only plain data: tensors, numbers, strings, None, and lists, tuples and dicts of
+these. ``plain()`` enforces that by a round trip through ``torch.save`` and
+``torch.load(weights_only=True)``, the same loader the grader uses on what a kernel returns, so a
+notebook shows the same verdicts as ``minimoe grade``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import sys
+from typing import Any
+
+import torch
+
+from minimoe.grading.registry import StudentError
+
+
+def plain(value: Any, what: str = "the result") -> Any:
+    """Return ``value`` rebuilt from plain data, or raise StudentError saying what was wrong."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not plain data"
+        raise StudentError(
+            f"{what} is a {type(value).__name__}; return tensors, numbers or lists/tuples/dicts of them"
+            f" ({type(e).__name__})"
+        ) from None
+
+
+class LocalStudent:
+    """Calls functions defined in a namespace: the notebook's own, for instant feedback."""
+
+    def __init__(self, namespace: dict[str, Any] | None = None):
+        self.namespace = namespace if namespace is not None else vars(sys.modules["__main__"])
+
+    def _lookup(self, name: str) -> Any:
+        if name not in self.namespace:
+            raise StudentError(f"`{name}` is not defined: run the cell that defines it")
+        return self.namespace[name]
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = self._lookup(name)
+        if not callable(fn):
+            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
+        args, kwargs = copy.deepcopy((args, kwargs))
+        try:
+            out = fn(*args, **kwargs)
+        except NotImplementedError:
+            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+        except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
+            raise StudentError(f"`{name}` raised {type(e).__name__}: {e}") from None
+        return plain(out, f"what `{name}` returned")
+
+    def value(self, name: str) -> Any:
+        return plain(self._lookup(name), f"`{name}`")

@@ -1,0 +1,84 @@
+"""The repository keeps its promises: one source of truth, notebooks a reader can open anywhere."""
+
+import re
+import sys
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from minimoe.course import CHAPTERS, colab_install_source, course_map
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb")) \
+    + sorted((ROOT / "exercises").glob("*.ipynb"))
+
+
+def test_readme_course_map_is_current():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert course_map(ROOT) in readme, "README's course map is stale: run `make release`"
+    assert "make lab" in readme and "make test" in readme
+
+
+def test_every_chapter_file_is_in_the_chapter_list():
+    known = {Path(p).name for c in CHAPTERS for p in (c.notebook, c.exercise, c.solution)}
+    for path in NOTEBOOKS:
+        assert path.name in known, f"{path.relative_to(ROOT)} is not in minimoe.course.CHAPTERS"
+
+
+def test_each_lecture_has_its_exercise():
+    for c in CHAPTERS:
+        if (ROOT / c.solution).exists():
+            assert (ROOT / c.notebook).exists(), f"{c.solution} has no lecture {c.notebook}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_opens_the_same_way_everywhere(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source == colab_install_source(), "the first code cell must be the Colab install cell"
+    assert "setup(" in code[1].source, "the second code cell must call minimoe.course.setup()"
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"(/work/|/root/|/home/[a-z]+/|/tmp/[A-Za-z0-9_]+/)", text), "a local path leaked"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "exercises" not in p.parts],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_lectures_and_solutions_are_stored_executed(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.execution_count is not None for c in code), "run `make notebooks` to store outputs"
+    counts = [c.execution_count for c in code]
+    assert counts == sorted(counts), "cells were run out of order"
+    for c in code:
+        errors = [o for o in c.outputs if o.output_type == "error"]
+        assert not errors or "raises-exception" in c.metadata.get("tags", [])
+
+
+def _names(reqs):
+    return {re.split(r"[\s;<>=!\[]", r.strip(), maxsplit=1)[0].lower() for r in reqs}
+
+
+def test_environment_yml_lists_what_pyproject_lists():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = _names(project["dependencies"])
+    for extra in ("course", "dev"):
+        wanted |= _names(project["optional-dependencies"][extra])
+    env = (ROOT / "environment.yml").read_text()
+    listed = set(re.findall(r"^\s*-\s+([A-Za-z0-9_.-]+)", env, re.M))
+    listed = {"torch" if n == "pytorch" else n.lower() for n in listed}
+    missing = wanted - listed
+    assert not missing, f"environment.yml lacks {sorted(missing)}"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "TORCH_SPEC=torch==2.13.0" in ci
+
+
+def test_python_version_floor():
+    assert sys.version_info >= (3, 10)
