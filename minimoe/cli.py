@@ -64,6 +64,35 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from minimoe import recipe
+    from minimoe.config import preset
+
+    try:
+        if args.preset:
+            cfg = preset(args.preset)
+            counts = recipe.count_params(cfg)
+            print(f"{cfg.name}: parameters by component")
+            print(recipe.format_params(cfg))
+            if cfg.name == "deepseek-v3" and args.tokens is None:
+                print()
+                print(recipe.format_deepseek_v3())
+                return 0
+            n_params, tokens = counts.activated, args.tokens or 20 * counts.activated
+            print()
+        elif args.params:
+            n_params, tokens = args.params, args.tokens
+            if tokens is None:
+                raise ValueError("tokens: --params needs --tokens too")
+        else:
+            raise ValueError("give --preset NAME or --params N --tokens D")
+        print(recipe.format_cost(n_params, tokens, args.gpu, args.mfu, args.price, args.gpus, args.fp8))
+    except ValueError as e:
+        print(f"minimoe recipe: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_kitchen(args: argparse.Namespace) -> int:
     from minimoe.course import print_kitchen
 
@@ -91,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exercises", default="exercises")
     r.add_argument("--check", action="store_true", help="write nothing; fail if exercises/ is out of date")
     r.set_defaults(func=_cmd_release)
+
+    rc = sub.add_parser("recipe", help="what a model costs to train: parameters, FLOPs, GPU-hours, dollars")
+    rc.add_argument("--preset", help="count a preset (tiny, tiny-moe, small, deepseek-v3)")
+    rc.add_argument("--params", type=float, help="activated parameters per token, e.g. 7e9")
+    rc.add_argument("--tokens", type=float, help="training tokens, e.g. 2e12")
+    rc.add_argument("--gpu", default="h100", help="h100, h800, h200, a100, l4, t4, b200 (default: h100)")
+    rc.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilization in (0, 1] (default: 0.4)")
+    rc.add_argument("--price", type=float, default=2.0, help="dollars per GPU-hour (default: 2.0)")
+    rc.add_argument("--gpus", type=int, default=None, help="GPUs at once, to print the wall-clock time")
+    rc.add_argument("--fp8", action="store_true", help="use the GPU's fp8 peak instead of bf16")
+    rc.set_defaults(func=_cmd_recipe)
 
     k = sub.add_parser("kitchen", help="print versions, the device and whether Triton is there")
     k.set_defaults(func=_cmd_kitchen)

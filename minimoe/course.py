@@ -98,6 +98,13 @@ def chapter(number: str | int) -> Chapter:
     raise ValueError(f"chapter: got {number!r}, need one of {[c.number for c in CHAPTERS]}")
 
 
+def syllabus() -> str:
+    """The chapters as a Markdown table: number, title, what it teaches, the package module."""
+    lines = ["| # | chapter | what it teaches | package |", "|---|---|---|---|"]
+    lines += [f"| {c.number} | {c.title} | {c.teaches} | `{c.module}` |" for c in CHAPTERS]
+    return "\n".join(lines)
+
+
 def course_map(root: str | os.PathLike | None = None, link_prefix: str = "") -> str:
     """The README's course map as a Markdown table; chapters not written yet say "planned".
 

@@ -1,0 +1,130 @@
+"""Chapter 01's exercises: count a block by hand; 6·N·D and its cost; the MFU a bill implies."""
+
+from __future__ import annotations
+
+import torch
+
+from minimoe import recipe
+from minimoe.config import ModelConfig
+from minimoe.grading.registry import Student, exercise, expect_equal
+
+block = exercise(
+    "01.block_params",
+    "count one transformer block's parameters by hand",
+    functions=("count_block_params",),
+)
+
+
+def _block_reference(d_model: int, n_heads: int, n_kv_heads: int, ffn_hidden: int) -> int:
+    cfg = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=1, ffn_hidden=ffn_hidden,
+                      attention="mha" if n_kv_heads == n_heads else "gqa", n_kv_heads=n_kv_heads)
+    return recipe.attention_params(cfg) + recipe.swiglu_params(d_model, ffn_hidden) + 2 * d_model
+
+
+def _randint(rng: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+
+@block.check("multi-head attention block", points=2,
+             hint="four d_model x d_model projections (Q, K, V, O), three SwiGLU matrices, two RMSNorm weight vectors")
+def _block_mha(student: Student, rng: torch.Generator) -> None:
+    for _ in range(4):
+        n_heads = _randint(rng, 1, 16)
+        d_model = n_heads * _randint(rng, 1, 64)
+        hidden = _randint(rng, 1, 4 * d_model)
+        want = _block_reference(d_model, n_heads, n_heads, hidden)
+        expect_equal(student.call("count_block_params", d_model, n_heads, n_heads, hidden), want,
+                     f"count_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_heads}, ffn_hidden={hidden})")
+
+
+@block.check("grouped-query attention block", points=1,
+             hint="with fewer key/value heads, K and V project to n_kv_heads x head_dim, where head_dim = d_model // n_heads")
+def _block_gqa(student: Student, rng: torch.Generator) -> None:
+    for _ in range(4):
+        n_kv = _randint(rng, 1, 4)
+        n_heads = n_kv * _randint(rng, 2, 4)
+        d_model = n_heads * _randint(rng, 1, 32)
+        hidden = _randint(rng, 1, 3 * d_model)
+        want = _block_reference(d_model, n_heads, n_kv, hidden)
+        expect_equal(student.call("count_block_params", d_model, n_heads, n_kv, hidden), want,
+                     f"count_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, ffn_hidden={hidden})")
+
+
+cost = exercise(
+    "01.training_cost",
+    "6·N·D and what it costs",
+    functions=("training_cost",),
+)
+
+
+def _close(got, want: float, what: str, rel: float = 1e-6) -> None:
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"{what}: expected a number, got {type(got).__name__}")
+    if abs(got - want) > rel * abs(want):
+        raise AssertionError(f"{what}: off by a factor of {got / want:.4g}" if want and got else f"{what}: wrong")
+
+
+def _random_run(rng: torch.Generator) -> tuple[float, float, float, float, float]:
+    u = torch.rand(5, generator=rng, dtype=torch.float64).tolist()
+    n_params = 10 ** (6 + 6 * u[0])
+    n_tokens = 10 ** (9 + 4 * u[1])
+    peak = [312e12, 989.4e12, 1978.9e12, 65e12][int(u[2] * 4)]
+    mfu = 0.05 + 0.9 * u[3]
+    price = 0.5 + 4 * u[4]
+    return n_params, n_tokens, peak, mfu, price
+
+
+def _cost_parts(student: Student, args: tuple) -> tuple:
+    out = student.call("training_cost", *args)
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise AssertionError(f"training_cost should return (flops, gpu_hours, dollars), got {type(out).__name__}"
+                             + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    return tuple(out)
+
+
+@cost.check("training FLOPs are 6·N·D", points=1,
+            hint="2 FLOPs per parameter per token forward (a multiply and an add), twice that backward")
+def _cost_flops(student: Student, rng: torch.Generator) -> None:
+    for _ in range(5):
+        args = _random_run(rng)
+        flops, _, _ = _cost_parts(student, args)
+        _close(flops, 6 * args[0] * args[1], "flops")
+
+
+@cost.check("GPU-hours and dollars", points=2,
+            hint="the GPU does peak_flops x mfu FLOPs each second; an hour has 3600 of them; dollars are hours x price")
+def _cost_hours(student: Student, rng: torch.Generator) -> None:
+    for _ in range(5):
+        args = _random_run(rng)
+        _, hours, dollars = _cost_parts(student, args)
+        want = recipe.training_cost(6 * args[0] * args[1], args[2], args[3], args[4])
+        _close(hours, want.gpu_hours, "gpu_hours")
+        _close(dollars, want.dollars, "dollars")
+
+
+mfu = exercise(
+    "01.implied_mfu",
+    "the model-FLOPs utilization a reported bill implies",
+    functions=("implied_mfu",),
+)
+
+
+@mfu.check("recovers the MFU behind a bill", points=2,
+           hint="MFU = the FLOPs the model needed / the FLOPs the GPUs could have done in those hours")
+def _mfu_roundtrip(student: Student, rng: torch.Generator) -> None:
+    for _ in range(5):
+        n_params, n_tokens, peak, true_mfu, _ = _random_run(rng)
+        hours = recipe.training_cost(6 * n_params * n_tokens, peak, true_mfu, 1.0).gpu_hours
+        _close(student.call("implied_mfu", n_params, n_tokens, hours, peak), true_mfu,
+               f"implied_mfu(n_params={n_params:.3g}, n_tokens={n_tokens:.3g}, gpu_hours={hours:.3g}, peak={peak:.3g})")
+
+
+@mfu.check("DeepSeek-V3's pre-training", points=1,
+           hint="use 6·N·D with N the activated parameters, and the GPU-hours of pre-training alone")
+def _mfu_v3(student: Student, rng: torch.Generator) -> None:
+    n = recipe.count_params("deepseek-v3").activated
+    peak = recipe.gpu("h800").bf16_flops
+    want = recipe.implied_mfu(6 * n * 14.8e12, 2664e3, peak)
+    _close(student.call("implied_mfu", n, 14.8e12, 2664e3, peak), want, "implied_mfu for DeepSeek-V3")
