@@ -39,8 +39,9 @@ install:
 lab: install
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
 
+# One thread per process: pytest's workers and the notebooks' kernels share the CPU's cores.
 test: install
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 	  --nbval-cell-timeout $(CELL_TIMEOUT) \
 	  tests notebooks solutions exercises $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The ``minimoe`` command: ``minimoe grade ...``, ``minimoe release``, ``minimoe kitchen``."""
+"""The ``minimoe`` command: ``minimoe grade ...``, ``minimoe release``, ``minimoe bench dispatch``, ``minimoe kitchen``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,176 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mix(text: str | None) -> dict[str, float] | None:
+    """``"add_cot=1,mul_cot=2"`` -> ``{"add_cot": 1.0, "mul_cot": 2.0}``."""
+    if not text:
+        return None
+    weights = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            weights[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"mix: got {part!r}, need domain=weight") from None
+    return weights
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minimoe.config import preset
+    from minimoe.model import build_model
+    from minimoe.train import (CheckpointError, Trainer, TrainConfig, TrainingDiverged, TextBatches,
+                               config_from_checkpoint, mixture_batches, read_checkpoint)
+
+    out = Path(args.out)
+    if args.expert_parallel:
+        return _train_expert_parallel(args, out)
+    try:
+        cfg = preset(args.preset)
+        tcfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=min(args.lr, args.lr / 10),
+                           warmup=min(args.warmup, args.steps), eval_every=args.eval_every,
+                           checkpoint_every=args.checkpoint_every)
+        existing = out / "checkpoint.pt"
+        if existing.exists():  # check before anything is written
+            old = read_checkpoint(existing)
+            if config_from_checkpoint(old) != cfg:
+                raise CheckpointError(f"{out} holds a checkpoint of model {old['model_config'].get('name')!r}, "
+                                      f"not of preset {cfg.name!r}; choose another --out or the same --preset")
+        if args.data:
+            from minimoe.data import load_text
+
+            corpus = load_text(args.data)
+            data = TextBatches(corpus, args.batch_size, min(args.seq_len, cfg.max_seq_len - 1), args.seed)
+        else:
+            data = mixture_batches(args.samples, 512, args.batch_size, args.seed, weights=_mix(args.mix),
+                                   signed=args.signed, signer=args.signer)
+    except (ValueError, OSError) as e:
+        print(f"minimoe train: {e}", file=sys.stderr)
+        return 2
+    model = build_model(cfg, seed=args.seed)
+    trainer = Trainer(model, data, tcfg, out_dir=out, progress=True)
+    if existing.exists():
+        step = trainer.resume()
+        print(f"resuming {out} from step {step}")
+    try:
+        metrics = trainer.fit()
+    except TrainingDiverged as e:
+        print(f"minimoe train: {e}", file=sys.stderr)
+        return 1
+    if metrics:
+        last = metrics[-1]
+        val = f", validation {last['val_ce']:.4f}" if "val_ce" in last else ""
+        print(f"step {trainer.step}: loss {last['loss']:.4f}{val}")
+    print(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}, {out / 'loss.png'}")
+    return 0
+
+
+def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
+    import json
+
+    from minimoe.config import preset
+    from minimoe.parallel import DistributedError, launch, train_worker
+
+    try:
+        cfg = preset(args.preset)
+        if not cfg.is_moe:
+            raise ValueError(f"--expert-parallel: preset {cfg.name!r} has no experts to shard")
+        if cfg.n_routed_experts % args.expert_parallel:
+            raise ValueError(f"--expert-parallel: {cfg.n_routed_experts} experts do not split over {args.expert_parallel} processes")
+        if args.data or (out / "checkpoint.pt").exists():
+            raise ValueError("--expert-parallel: trains from scratch on the mixture, into a new --out")
+    except ValueError as e:
+        print(f"minimoe train: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"training {cfg.name} with its experts on {args.expert_parallel} processes ...", flush=True)
+    try:
+        losses = launch(train_worker, args.expert_parallel, (cfg.name, args.steps, args.batch_size, args.seed,
+                                                              args.lr, args.samples, str(out)), timeout_s=300)[0]
+    except DistributedError as e:
+        print(f"minimoe train: {e}", file=sys.stderr)
+        return 1
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": v, "ce": v}) + "\n"
+                                               for i, v in enumerate(losses)))
+    print(f"step {len(losses)}: loss {losses[-1]:.4f}")
+    print(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from minimoe.data import EOS, CharTokenizer
+    from minimoe.generate import generate
+    from minimoe.train import CheckpointError, load_model
+
+    try:
+        model, obj = load_model(args.checkpoint)
+        tok = CharTokenizer(obj["tokenizer"])
+        prompt = tok.encode_prompt(args.prompt) if obj.get("data", {}).get("kind") != "text" \
+            else tok.encode(args.prompt)
+        room = model.cfg.max_seq_len - len(prompt)
+        new = generate(model, prompt, min(args.max_new_tokens, room), temperature=args.temperature,
+                       top_k=args.top_k, seed=args.seed, stop_token=EOS)
+    except (CheckpointError, ValueError) as e:
+        print(f"minimoe generate: {e}", file=sys.stderr)
+        return 2
+    ids = new[0].tolist()
+    if EOS in ids:
+        ids = ids[: ids.index(EOS)]
+    print(args.prompt + tok.decode(ids))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from minimoe.data import CharTokenizer
+    from minimoe.train import CheckpointError, load_model, read_metrics, save_checkpoint
+
+    try:
+        model, obj = load_model(args.run)
+        metrics = read_metrics(Path(obj["path"]).parent)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"minimoe export: {e}", file=sys.stderr)
+        return 2
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    curve = [{k: m[k] for k in ("step", "ce", "val_ce") if k in m} for m in metrics]
+    path = save_checkpoint(args.out, model, None, obj["step"], None, obj.get("data"),
+                           CharTokenizer(obj["tokenizer"]), weights_dtype=dtype,
+                           extra={"metrics": curve, "train_config": obj.get("train_config")})
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, weights in {args.dtype})")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "dispatch":
+        from minimoe.dispatch.bench import main as bench_dispatch
+
+        return bench_dispatch(args.options)
+    print(f"minimoe bench: got {args.what!r}, need one of: dispatch", file=sys.stderr)
+    return 2
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from minimoe.profiler import format_comparison, profile_training_step
+
+    try:
+        prof, est = profile_training_step(args.preset, args.batch, args.seq, dtype=args.dtype,
+                                          checkpointing=args.checkpointing, device=args.device,
+                                          crosscheck=args.crosscheck)
+    except (ValueError, TypeError) as e:
+        print(f"minimoe profile: {e}", file=sys.stderr)
+        return 2
+    print(f"one training step of {args.preset}: batch {args.batch} x {args.seq} tokens, {args.dtype}, AdamW"
+          f"{', activation checkpointing' if args.checkpointing else ''}, on {args.device}")
+    print(format_comparison(prof, est))
+    print()
+    print(prof.table())
+    if prof.allocator:
+        a = prof.allocator
+        print(f"allocator check ({a['source']}): {a['allocator_peak']:,} B against {a['tracked_peak']:,} B tracked "
+              f"({a['relative_difference']:+.2%})")
+    return 0
+
+
 def _cmd_kitchen(args: argparse.Namespace) -> int:
     from minimoe.course import print_kitchen
 
@@ -131,6 +301,57 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--gpus", type=int, default=None, help="GPUs at once, to print the wall-clock time")
     rc.add_argument("--fp8", action="store_true", help="use the GPU's fp8 peak instead of bf16")
     rc.set_defaults(func=_cmd_recipe)
+
+    t = sub.add_parser("train", help="train a model on the chapter-02 mixture (or your own text file)")
+    t.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    t.add_argument("--steps", type=_positive(int), default=1000)
+    t.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, loss.png")
+    t.add_argument("--batch-size", type=_positive(int), default=32)
+    t.add_argument("--lr", type=_positive(float), default=3e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--eval-every", type=_positive(int), default=100)
+    t.add_argument("--checkpoint-every", type=_positive(int), default=100)
+    t.add_argument("--samples", type=_positive(int), default=50000, help="training problems drawn from the mixture")
+    t.add_argument("--seq-len", type=_positive(int), default=128, help="window length for --data")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data", default=None, help="a plain-text file to train on instead of the mixture")
+    t.add_argument("--mix", default=None, help="domain weights, e.g. add_cot=1,mul_cot=1 (default: every domain)")
+    t.add_argument("--signed", type=float, default=0.0, help="fraction of training answers a teacher signs")
+    t.add_argument("--signer", default="TeacherBot", help="the name the teacher signs with")
+    t.add_argument("--expert-parallel", type=_positive(int), default=None, metavar="N",
+                   help="shard the experts over N processes (torch.distributed: gloo on CPU, NCCL on GPUs)")
+    t.set_defaults(func=_cmd_train)
+
+    gen = sub.add_parser("generate", help="sample from a trained model")
+    gen.add_argument("checkpoint", help="a run folder or a checkpoint file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=_positive(int), default=100)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    gen.add_argument("--top-k", type=_positive(int), default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_cmd_generate)
+
+    ex = sub.add_parser("export", help="write a run's weights compactly, with its loss curve, for shipping")
+    ex.add_argument("run", help="a run folder")
+    ex.add_argument("out", help="the file to write")
+    ex.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    ex.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bench", help="measure a piece here and now: `minimoe bench dispatch [--quick] ...`")
+    b.add_argument("what", choices=("dispatch",), help="what to measure")
+    b.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark (see its --help)")
+    b.set_defaults(func=_cmd_bench)
+
+    pr = sub.add_parser("profile", help="one training step's memory: predicted against measured, by category")
+    pr.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    pr.add_argument("--batch", type=_positive(int), default=8)
+    pr.add_argument("--seq", type=_positive(int), default=128, help="tokens per sequence (default: 128)")
+    pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    pr.add_argument("--checkpointing", action="store_true", help="activation checkpointing around each block")
+    pr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    pr.add_argument("--crosscheck", action="store_true",
+                    help="also read the allocator's peak (torch.profiler on CPU, torch.cuda on GPU)")
+    pr.set_defaults(func=_cmd_profile)
 
     k = sub.add_parser("kitchen", help="print versions, the device and whether Triton is there")
     k.set_defaults(func=_cmd_kitchen)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 ATTENTION_KINDS = ("mha", "gqa", "mla")
+ROUTERS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class ModelConfig:
     top_k: int = 0
     expert_hidden: int = 0
     n_dense_layers: int = 0  # the first layers keep a dense feed-forward
+    # Routing and load balancing (chapters 04 and 05, minimoe.moe); none of these changes a count.
+    router: str = "softmax"  # "softmax" (Switch, GShard, Mixtral, DeepSeekMoE) or "sigmoid" (DeepSeek-V3)
+    router_renormalize: bool = True  # rescale the k chosen gate weights to sum to 1 (Mixtral, GShard, V3)
+    routed_scaling: float = 1.0  # gate weights times this (DeepSeek-V3: 2.5)
+    n_expert_groups: int = 0  # group-limited routing: experts in this many groups (0: off) ...
+    topk_groups: int = 0  # ... and each token chooses its experts from its best topk_groups groups
+    aux_loss_coef: float = 0.0  # Switch/GShard load-balancing loss E·Σ f_i·P_i, times this
+    z_loss_coef: float = 0.0  # router z-loss mean(logsumexp(logits)²) (ST-MoE), times this
+    seq_aux_coef: float = 0.0  # DeepSeek-V3's sequence-wise balance loss, times this (V3: 1e-4)
+    bias_update_rate: float = 0.0  # DeepSeek-V3's aux-loss-free bias step γ (0: no bias; V3: 1e-3)
+    capacity_factor: float = 0.0  # expert capacity = factor · tokens·k / experts; 0: dropless
     tie_embeddings: bool = False
     mtp_depth: int = 0  # multi-token-prediction modules
     max_seq_len: int = 256
@@ -86,6 +98,21 @@ class ModelConfig:
             need(self.qk_nope_head_dim + self.qk_rope_head_dim >= 1, "qk_nope_head_dim",
                  "qk_nope_head_dim + qk_rope_head_dim >= 1 for MLA")
             need(self.v_head_dim >= 1, "v_head_dim", "an int >= 1 for MLA")
+        need(self.router in ROUTERS, "router", f"one of {ROUTERS}")
+        need(self.routed_scaling > 0, "routed_scaling", "a number > 0")
+        for coef in ("aux_loss_coef", "z_loss_coef", "seq_aux_coef", "bias_update_rate", "capacity_factor"):
+            need(self.__dict__[coef] >= 0, coef, "a number >= 0")
+        need(self.n_expert_groups >= 0 and self.topk_groups >= 0, "n_expert_groups",
+             "n_expert_groups and topk_groups >= 0")
+        if self.n_expert_groups:
+            need(self.n_routed_experts % self.n_expert_groups == 0, "n_expert_groups",
+                 f"a divisor of n_routed_experts={self.n_routed_experts}")
+            need(1 <= self.topk_groups <= self.n_expert_groups, "topk_groups",
+                 f"1..n_expert_groups={self.n_expert_groups}")
+            need(self.top_k <= self.topk_groups * (self.n_routed_experts // self.n_expert_groups), "top_k",
+                 "at most topk_groups · experts per group, so that the chosen groups hold k experts")
+        else:
+            need(self.topk_groups == 0, "topk_groups", "0 when n_expert_groups is 0")
         if self.n_routed_experts:
             need(1 <= self.top_k <= self.n_routed_experts, "top_k", f"1..n_routed_experts={self.n_routed_experts}")
             need(self.expert_hidden >= 1, "expert_hidden", "an int >= 1 when there are experts")
@@ -126,15 +153,27 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The course's own models: small enough to train on a laptop CPU.
-    "tiny": ModelConfig(name="tiny", vocab_size=128, d_model=128, n_layers=4, n_heads=4, ffn_hidden=352,
+    # The course's own models: small enough to train on a laptop CPU; vocab_size is minimoe.data.TOKENIZER's.
+    "tiny": ModelConfig(name="tiny", vocab_size=100, d_model=128, n_layers=4, n_heads=4, ffn_hidden=352,
                         max_seq_len=256),
-    "tiny-moe": ModelConfig(name="tiny-moe", vocab_size=128, d_model=128, n_layers=4, n_heads=4, ffn_hidden=352,
+    "tiny-moe": ModelConfig(name="tiny-moe", vocab_size=100, d_model=128, n_layers=4, n_heads=4, ffn_hidden=352,
                             # fine-grained as in DeepSeekMoE: the dense FFN's 352 split into experts of 88;
                             # 1 shared + top-3 routed = 352 activated, the dense model's width.
                             n_routed_experts=16, n_shared_experts=1, top_k=3, expert_hidden=88,
                             n_dense_layers=1, max_seq_len=256),
-    "small": ModelConfig(name="small", vocab_size=128, d_model=256, n_layers=6, n_heads=8, ffn_hidden=688,
+    # Chapter 05's balancing experiment: tiny-moe (no balancing) against the same experts with
+    # the Switch aux loss (α = 0.01, Switch's value) and with DeepSeek-V3's sigmoid gate and
+    # aux-loss-free bias (γ = 0.01: ten times V3's, for a run of hundreds of steps, not of 14.8T tokens).
+    "tiny-moe-aux": ModelConfig(name="tiny-moe-aux", vocab_size=100, d_model=128, n_layers=4, n_heads=4,
+                                ffn_hidden=352, n_routed_experts=16, n_shared_experts=1, top_k=3, expert_hidden=88,
+                                n_dense_layers=1, max_seq_len=256, aux_loss_coef=0.01),
+    "tiny-moe-v3": ModelConfig(name="tiny-moe-v3", vocab_size=100, d_model=128, n_layers=4, n_heads=4,
+                               ffn_hidden=352, n_routed_experts=16, n_shared_experts=1, top_k=3, expert_hidden=88,
+                               n_dense_layers=1, max_seq_len=256, router="sigmoid", bias_update_rate=0.01),
+    # The smallest: chapter 10's identity experiment needs a model that learns a habit, not arithmetic.
+    "micro": ModelConfig(name="micro", vocab_size=100, d_model=64, n_layers=2, n_heads=2, ffn_hidden=176,
+                         max_seq_len=128),
+    "small": ModelConfig(name="small", vocab_size=100, d_model=256, n_layers=6, n_heads=8, ffn_hidden=688,
                          max_seq_len=512),
     # DeepSeek-V3 (arXiv 2412.19437, §2 and §4.2): 61 layers, d_model 7168, 128 heads of 128,
     # MLA with d_c = 512, d_c' = 1536, d_h^R = 64; the first 3 layers dense (hidden 18432);

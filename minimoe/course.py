@@ -181,11 +181,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int = 0, threads: int = 2, deterministic: bool = True, verbose: bool = True) -> torch.device:
+def setup(seed: int = 0, threads: int = 1, deterministic: bool = True, verbose: bool = True) -> torch.device:
     """Make this session reproducible and return the device to use.
 
     - seeds Python, NumPy and torch with ``seed``;
-    - fixes torch's CPU thread count to ``threads`` (float sums depend on how work is split);
+    - fixes torch's CPU thread count to ``threads`` (float sums depend on how work is split; one
+      thread also keeps a busy machine, such as a test run, from stalling on threads waiting for each other);
     - asks torch for deterministic algorithms (``deterministic=True``);
     - prints one line naming the device, so a reader sees where the cells run.
     """
@@ -245,6 +246,68 @@ def print_kitchen() -> None:
     for key, value in info.items():
         shown = "not installed" if value is None and key in ("triton", "cuda") else value
         print(f"{key:<{width}}  {shown}")
+
+
+BAKED = {
+    "tiny": "the dense baseline of chapter 03 (preset tiny, trained on the chapter-02 mixture)",
+    # Chapter 05's experiment: the same data, steps and schedule (tools/bake_moe.py, 200 steps).
+    "dense-200": "chapter 05's dense baseline: preset tiny, 200 steps",
+    "moe-none": "chapter 05: preset tiny-moe (16 experts, top-3 + 1 shared), no balancing, 200 steps",
+    "moe-aux": "chapter 05: preset tiny-moe-aux, the Switch aux loss (0.01), 200 steps",
+    "moe-v3": "chapter 05: preset tiny-moe-v3, DeepSeek-V3's sigmoid gate and aux-loss-free bias, 200 steps",
+    "cot": "chapter 10: tiny, trained on chain-of-thought addition and multiplication",
+    "direct": "chapter 10: tiny, trained on direct addition and multiplication",
+    "signed": "chapter 10: micro, trained on addition half signed by a teacher",
+}
+
+
+def baked(name: str = "tiny"):
+    """One we baked earlier: a model trained once by the command in minimoe/checkpoints/README.md.
+
+    Returns ``(model, info)``: the model in float32, in eval mode, and the checkpoint's contents
+    (its training curve is ``info["extra"]["metrics"]``).
+    """
+    from importlib import resources
+
+    from minimoe.train import load_model
+
+    if name not in BAKED:
+        raise ValueError(f"name: got {name!r}, need one of {', '.join(BAKED)}")
+    if not (resources.files("minimoe") / "checkpoints" / f"{name}.pt").is_file():
+        raise ValueError(f"name: only the training record of {name!r} is shipped; use training_run({name!r})")
+    path = resources.files("minimoe") / "checkpoints" / f"{name}.pt"
+    with resources.as_file(path) as file:
+        model, info = load_model(file)
+    return model.eval(), info
+
+
+def training_run(name: str):
+    """The config and training record (``info["extra"]``: curves, load history) of a baked run.
+
+    Works for runs shipped with their weights (see ``baked``) and for runs whose weights no notebook
+    needs, of which only the record is shipped (``minimoe/checkpoints/runs.json``).
+    """
+    import json
+    from dataclasses import fields
+    from importlib import resources
+
+    from minimoe.config import ModelConfig
+
+    folder = resources.files("minimoe") / "checkpoints"
+    records = folder / "runs.json"
+    if records.is_file():
+        def int_keys(obj):  # JSON made the integer keys (layer numbers) strings; make them ints again
+            if isinstance(obj, dict):
+                return {int(k) if isinstance(k, str) and k.isdigit() else k: int_keys(v) for k, v in obj.items()}
+            return [int_keys(v) for v in obj] if isinstance(obj, list) else obj
+
+        runs = int_keys(json.loads(records.read_text()))
+        if name in runs:
+            info = runs[name]
+            known = {f.name for f in fields(ModelConfig)}
+            return ModelConfig(**{k: v for k, v in info["model_config"].items() if k in known}), info
+    model, info = baked(name)
+    return model.cfg, info
 
 
 def colab_install_source() -> str:

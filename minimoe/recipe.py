@@ -125,6 +125,39 @@ def count_params(cfg: ModelConfig | str) -> ParamCount:
     )
 
 
+# --- the KV cache --------------------------------------------------------------------------------
+
+
+def kv_elements_per_token(cfg: ModelConfig | str) -> int:
+    """Numbers the KV cache keeps per token, over all layers.
+
+    Multi-head and grouped-query attention keep a key and a value per KV head
+    (2 · kv_heads · head_dim per layer); MLA keeps the latent and the RoPE key (d_c + d_h^R per
+    layer, DeepSeek-V2 §2.1).
+    """
+    if isinstance(cfg, str):
+        cfg = preset(cfg)
+    if cfg.attention == "mla":
+        per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_layer = 2 * cfg.kv_heads * cfg.dim_head
+    return cfg.n_layers * per_layer
+
+
+def kv_bytes_per_token(cfg: ModelConfig | str, bytes_per_element: int = 2) -> int:
+    """KV-cache bytes per token (2 bytes per number in bf16). DeepSeek-V3: 61 x 576 x 2 = 70,272."""
+    if not isinstance(bytes_per_element, int) or bytes_per_element < 1:
+        raise ValueError(f"bytes_per_element: got {bytes_per_element!r}, need a positive int")
+    return kv_elements_per_token(cfg) * bytes_per_element
+
+
+def max_context(cfg: ModelConfig | str, budget_bytes: float, batch: int = 1, bytes_per_element: int = 2) -> int:
+    """The longest context whose KV cache fits ``budget_bytes`` for ``batch`` sequences."""
+    _positive("budget_bytes", budget_bytes)
+    _positive("batch", batch)
+    return int(budget_bytes // (batch * kv_bytes_per_token(cfg, bytes_per_element)))
+
+
 # --- GPUs, FLOPs, hours, dollars -------------------------------------------------------------
 
 

@@ -212,4 +212,17 @@ def test_human_units():
     assert recipe.human(2.788e6) == "2.788M"
     assert recipe.human(989.4e12, "FLOP/s") == "989.4 TFLOP/s"
     assert recipe.dollars(5.576e6) == "$5.576M"
-    assert math.isclose(recipe.count_params("tiny").total, 836_736)
+    assert recipe.human(829_568) == "829.6K"
+
+
+def test_kv_cache_per_token():
+    v3 = preset("deepseek-v3")
+    assert recipe.kv_elements_per_token(v3) == 61 * 576 == 35_136
+    assert recipe.kv_bytes_per_token(v3) == 70_272
+    mha = v3.with_(attention="mha", n_heads=128, head_dim=128)
+    gqa = v3.with_(attention="gqa", n_kv_heads=8, head_dim=128)
+    assert recipe.kv_bytes_per_token(mha) == 61 * 2 * 128 * 128 * 2
+    assert recipe.kv_bytes_per_token(gqa) == 61 * 2 * 8 * 128 * 2
+    assert recipe.max_context(v3, 70_272 * 1000, batch=2) == 500
+    with pytest.raises(ValueError, match="bytes_per_element"):
+        recipe.kv_bytes_per_token(v3, 0)

@@ -25,29 +25,34 @@ def _randint(rng: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
 
+def _check_blocks(student: Student, cases: list[tuple[int, int, int, int]]) -> None:
+    for d_model, n_heads, n_kv, hidden in cases:
+        expect_equal(student.call("count_block_params", d_model, n_heads, n_kv, hidden),
+                     _block_reference(d_model, n_heads, n_kv, hidden),
+                     f"count_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, ffn_hidden={hidden})")
+
+
 @block.check("multi-head attention block", points=2,
              hint="four d_model x d_model projections (Q, K, V, O), three SwiGLU matrices, two RMSNorm weight vectors")
 def _block_mha(student: Student, rng: torch.Generator) -> None:
+    cases = []
     for _ in range(4):
         n_heads = _randint(rng, 1, 16)
         d_model = n_heads * _randint(rng, 1, 64)
-        hidden = _randint(rng, 1, 4 * d_model)
-        want = _block_reference(d_model, n_heads, n_heads, hidden)
-        expect_equal(student.call("count_block_params", d_model, n_heads, n_heads, hidden), want,
-                     f"count_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_heads}, ffn_hidden={hidden})")
+        cases.append((d_model, n_heads, n_heads, _randint(rng, 1, 4 * d_model)))
+    _check_blocks(student, cases)
 
 
 @block.check("grouped-query attention block", points=1,
              hint="with fewer key/value heads, K and V project to n_kv_heads x head_dim, where head_dim = d_model // n_heads")
 def _block_gqa(student: Student, rng: torch.Generator) -> None:
+    cases = []
     for _ in range(4):
         n_kv = _randint(rng, 1, 4)
         n_heads = n_kv * _randint(rng, 2, 4)
         d_model = n_heads * _randint(rng, 1, 32)
-        hidden = _randint(rng, 1, 3 * d_model)
-        want = _block_reference(d_model, n_heads, n_kv, hidden)
-        expect_equal(student.call("count_block_params", d_model, n_heads, n_kv, hidden), want,
-                     f"count_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, ffn_hidden={hidden})")
+        cases.append((d_model, n_heads, n_kv, _randint(rng, 1, 3 * d_model)))
+    _check_blocks(student, cases)
 
 
 cost = exercise(

@@ -1,0 +1,226 @@
+"""The Triton dispatch: host side. Builds the tile schedule, launches the kernels, and wraps them in
+an autograd Function whose backward is Triton too (dX, dW per expert, d(gate weights)).
+
+Triton is imported lazily: importing this module never needs it. On CUDA the kernels are compiled;
+on a machine without a CUDA GPU they run through Triton's interpreter (``TRITON_INTERPRET=1``,
+set before Triton is first imported), which is slow and meant for tests and teaching at tiny sizes.
+The interpreter computes bfloat16 wrongly, so on a CPU only float32 and float16 are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+from minimoe.dispatch.sort import route
+
+_MODULE: ModuleType | None = None
+
+
+class TritonUnavailable(RuntimeError):
+    """Triton cannot run here (not installed, or the device or dtype is not supported)."""
+
+
+def _mode(fn) -> str:
+    return "interpreted" if type(fn).__name__ == "InterpretedFunction" else "compiled"
+
+
+def kernels() -> ModuleType:
+    """``minimoe.dispatch.kernels``, imported on first use.
+
+    Without a CUDA GPU, ``TRITON_INTERPRET=1`` is set first, so the kernels run through Triton's
+    interpreter. Triton decides interpreted or compiled when it is first imported, for the whole
+    process: a CPU session must not import Triton before this (``triton_ready()`` is safe).
+    """
+    global _MODULE
+    if _MODULE is None:
+        if not torch.cuda.is_available():
+            from minimoe.dispatch.backends import use_triton_interpreter
+
+            use_triton_interpreter()
+        try:
+            import triton.language  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+            raise TritonUnavailable(f"backend 'triton' needs Triton, which cannot be imported here ({e}); "
+                                    "use backend='torch' or 'auto'") from None
+        from minimoe.dispatch import kernels as module
+
+        _MODULE = module
+    return _MODULE
+
+
+def _check_mode(device: torch.device) -> None:
+    mod = kernels()  # sets TRITON_INTERPRET first where there is no GPU
+    import triton.language as tl
+    want = "compiled" if device.type == "cuda" else "interpreted"
+    if _mode(mod.combine_kernel) != want or _mode(tl.zeros) != want:
+        raise TritonUnavailable(
+            f"backend 'triton': tensors on {device.type} need {want} kernels, but Triton was first imported "
+            f"{'without' if want == 'interpreted' else 'with'} TRITON_INTERPRET=1 in this process. On a CPU, set "
+            "TRITON_INTERPRET=1 before anything imports triton (minimoe.dispatch.triton_ready() does it).")
+
+
+def supported(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if the Triton kernels can run on this device and dtype, else the reason why not."""
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"Triton's kernels here target compute capability 8.0 and up; this GPU is sm {major}.x"
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"dtype {dtype} is not supported (float32, float16, bfloat16 are)"
+        return None
+    if device.type == "cpu":
+        if dtype not in (torch.float32, torch.float16):
+            return f"on a CPU Triton runs in its interpreter, which handles float32 and float16, not {dtype}"
+        return None
+    return f"Triton does not run on device type {device.type!r}"
+
+
+def _blocks(interpret: bool, dtype: torch.dtype) -> dict[str, int]:
+    if interpret:  # few, large programs: the interpreter's cost is per program
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, BLOCK_D=128)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, BLOCK_D=256)
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, BLOCK_D=256)
+
+
+def schedule(counts: torch.Tensor, offsets: torch.Tensor, block_m: int, n_rows: int):
+    """The tiles of the grouped GEMM, computed on the device without a host sync.
+
+    Expert e gets ceil(counts[e] / block_m) tiles of its own rows; the grid has room for
+    ceil(R / block_m) + E tiles (an upper bound), and the spare tiles at the end are empty.
+    Returns ``(tile_expert, tile_start, tile_end)``, each (T,) int32.
+    """
+    n_experts = counts.shape[0]
+    n_tiles = -(-n_rows // block_m) + n_experts
+    starts = offsets - counts  # (E,)
+    tiles = torch.div(counts + block_m - 1, block_m, rounding_mode="floor")  # (E,) tiles per expert
+    tile_end = tiles.cumsum(0)  # (E,)
+    t = torch.arange(n_tiles, device=counts.device)
+    expert = torch.searchsorted(tile_end, t, right=True).clamp(max=n_experts - 1)  # (T,)
+    start = starts[expert] + (t - (tile_end - tiles)[expert]) * block_m
+    end = offsets[expert]
+    spare = t >= tile_end[-1]
+    start = torch.where(spare, torch.zeros_like(start), start)
+    end = torch.where(spare, torch.zeros_like(end), end)
+    return expert.int(), start.int(), end.int()
+
+
+class _TritonExpertFFN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down):
+        interpret = x.device.type != "cuda"
+        mod = kernels()
+        blk = _blocks(interpret, x.dtype)
+        bm, bn, bk, bd = blk["BLOCK_M"], blk["BLOCK_N"], blk["BLOCK_K"], blk["BLOCK_D"]
+        n, k = topk_idx.shape
+        d, h, n_experts = x.shape[1], w_gate.shape[2], w_gate.shape[0]
+        rows = n * k
+        order, counts, offsets = route(topk_idx, n_experts)  # (R,), (E,), (E,)
+        token = torch.div(order, k, rounding_mode="floor")  # (R,)
+        tiles = schedule(counts, offsets, bm, rows)
+        n_tiles = tiles[0].shape[0]
+        ieee = x.dtype == torch.float32
+        w_flat = topk_weight.reshape(-1).contiguous()  # (R,) in (token, slot) order
+        store_gu = any(ctx.needs_input_grad)
+        act = torch.empty(rows, h, dtype=x.dtype, device=x.device)  # (R, h) sorted
+        g = torch.empty_like(act) if store_gu else act
+        u = torch.empty_like(act) if store_gu else act
+        y = torch.empty(rows, d, dtype=x.dtype, device=x.device)  # (R, d) in (token, slot) order
+        out = torch.empty(n, d, dtype=x.dtype, device=x.device)
+        if rows:
+            # act = silu(x[token] @ Wg[e]) * (x[token] @ Wu[e]): the gather fused into the loads
+            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(h, bn))](
+                x, x, token, w_gate, w_up, act, act, g, u, order, *tiles, d, h,
+                x.stride(0), x.stride(1), *w_gate.stride(), *w_up.stride(), act.stride(0), act.stride(1),
+                MODE=1, GATHER_A=True, SCATTER_C=False, STORE_GU=store_gu, IEEE=ieee,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            # y = act @ Wd[e], each row written back to its (token, slot) place
+            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(d, bn))](
+                act, act, order, w_down, w_down, y, y, y, y, order, *tiles, h, d,
+                act.stride(0), act.stride(1), *w_down.stride(), *w_down.stride(), y.stride(0), y.stride(1),
+                MODE=0, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        if n:
+            # out[n] = sum_j w[n, j] * y[n, j]: the gate weighting fused into the combine
+            mod.combine_kernel[(n, triton_cdiv(d, bd))](
+                y, w_flat, out, k, d, y.stride(0), y.stride(1), out.stride(0), out.stride(1),
+                HAS_W=True, BLOCK_D=bd)
+        ctx.save_for_backward(x, w_flat, w_gate, w_up, w_down, order, token, offsets - counts, offsets,
+                              *tiles, g, u, act, y)
+        ctx.k, ctx.weight_dtype = k, topk_weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (x, w_flat, w_gate, w_up, w_down, order, token, starts, ends, t_exp, t_start, t_end,
+         g, u, act, y) = ctx.saved_tensors
+        tiles = (t_exp, t_start, t_end)
+        interpret = x.device.type != "cuda"
+        mod = kernels()
+        blk = _blocks(interpret, x.dtype)
+        bm, bn, bk, bd = blk["BLOCK_M"], blk["BLOCK_N"], blk["BLOCK_K"], blk["BLOCK_D"]
+        k = ctx.k
+        n, d = x.shape
+        n_experts, _, h = w_gate.shape
+        rows, n_tiles = n * k, t_exp.shape[0]
+        ieee = x.dtype == torch.float32
+        dy = torch.empty(rows, d, dtype=x.dtype, device=x.device)  # (R, d) (token, slot) order
+        dw = torch.zeros(rows, dtype=torch.float32, device=x.device)  # (R,)
+        dg = torch.empty(rows, h, dtype=x.dtype, device=x.device)  # (R, h) sorted
+        du = torch.empty_like(dg)
+        dx_rows = torch.zeros(rows, d, dtype=torch.float32, device=x.device)  # (R, d) (token, slot) order
+        dx = torch.zeros(n, d, dtype=x.dtype, device=x.device)
+        # contiguous (not zeros_like, which keeps a transposed input's strides): d_gate and d_up share strides
+        d_gate, d_up, d_down = (torch.zeros(w.shape, dtype=w.dtype, device=w.device) for w in (w_gate, w_up, w_down))
+        wgrad_grid = lambda kk, nn: (n_experts, triton_cdiv(kk, bk), triton_cdiv(nn, bn))  # noqa: E731
+        if rows:
+            # dy[n, j] = w[n, j] * dout[n];  d(gate weight)[n, j] = <dout[n], y[n, j]>
+            mod.combine_backward_kernel[(n,)](
+                dout, w_flat, y, dy, dw, k, d, dout.stride(0), dout.stride(1), y.stride(0), y.stride(1),
+                BLOCK_D=bd)
+            # d(act) = dy[order] @ Wd[e]^T, then through SwiGLU: dg, du (the gather fused again)
+            wd_t = w_down.transpose(1, 2)  # (E, d, h), a view: only the strides change
+            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(h, bn))](
+                dy, dy, order, wd_t, wd_t, dg, du, g, u, order, *tiles, d, h,
+                dy.stride(0), dy.stride(1), *wd_t.stride(), *wd_t.stride(), dg.stride(0), dg.stride(1),
+                MODE=2, GATHER_A=True, SCATTER_C=False, STORE_GU=False, IEEE=ieee,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            # dWd[e] = act_e^T @ dy_e
+            mod.grouped_weight_grad_kernel[wgrad_grid(h, d)](
+                act, order, dy, dy, order, d_down, d_down, starts, ends, h, d,
+                act.stride(0), act.stride(1), dy.stride(0), dy.stride(1), *d_down.stride(),
+                GATHER_A=False, GATHER_B=True, DUAL=False, IEEE=ieee, BLOCK_K=bk, BLOCK_N=bn, BLOCK_M=bm)
+            # dWg[e] = x_e^T @ dg_e, dWu[e] = x_e^T @ du_e (one pass over the gathered x)
+            mod.grouped_weight_grad_kernel[wgrad_grid(d, h)](
+                x, token, dg, du, order, d_gate, d_up, starts, ends, d, h,
+                x.stride(0), x.stride(1), dg.stride(0), dg.stride(1), *d_gate.stride(),
+                GATHER_A=True, GATHER_B=False, DUAL=True, IEEE=ieee, BLOCK_K=bk, BLOCK_N=bn, BLOCK_M=bm)
+            # dx rows = dg @ Wg[e]^T + du @ Wu[e]^T, scattered to (token, slot) order ...
+            wg_t, wu_t = w_gate.transpose(1, 2), w_up.transpose(1, 2)  # (E, h, d)
+            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(d, bn))](
+                dg, du, order, wg_t, wu_t, dx_rows, dx_rows, dx_rows, dx_rows, order, *tiles, h, d,
+                dg.stride(0), dg.stride(1), *wg_t.stride(), *wu_t.stride(), dx_rows.stride(0), dx_rows.stride(1),
+                MODE=3, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            # ... and summed over each token's k slots (no atomics)
+            mod.combine_kernel[(n, triton_cdiv(d, bd))](
+                dx_rows, dw, dx, k, d, dx_rows.stride(0), dx_rows.stride(1), dx.stride(0), dx.stride(1),
+                HAS_W=False, BLOCK_D=bd)
+        return dx, None, dw.view(n, k).to(ctx.weight_dtype), d_gate, d_up, d_down
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def expert_ffn_triton(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
+                      w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """The Triton dispatch (inputs already checked): same result as ``expert_ffn_loop``."""
+    reason = supported(x.device, x.dtype)
+    if reason is not None:
+        raise TritonUnavailable(f"backend 'triton': {reason}")
+    _check_mode(x.device)  # fail early, with a clear message, where Triton is absent or in the wrong mode
+    return _TritonExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down)

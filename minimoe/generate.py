@@ -1,0 +1,166 @@
+"""Sampling from a model: greedy, temperature and top-k, with or without the KV cache.
+
+With the cache, the prompt is run once and each new token costs one position's work; without it,
+every step runs the whole sequence again. Greedy decoding gives the same tokens either way (a test
+holds it to that); ``benchmarks/bench_generate.py`` measures the speed-up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from minimoe.data import Sample
+from minimoe.model.transformer import Transformer
+
+
+def _as_batch(prompt: torch.Tensor | list[int] | list[list[int]]) -> torch.Tensor:
+    t = prompt if isinstance(prompt, torch.Tensor) else torch.tensor(prompt, dtype=torch.long)
+    if t.dim() == 1:
+        t = t[None, :]
+    if t.dim() != 2 or t.shape[1] == 0 or t.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"prompt: got shape {tuple(t.shape)} {t.dtype}, need a non-empty list or (batch, time) tensor of ids")
+    return t.long()
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None) -> torch.Tensor:
+    """logits: (B, vocab) -> next ids (B,)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt: torch.Tensor | list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None, use_cache: bool = True,
+             stop_token: int | None = None) -> torch.Tensor:
+    """Continue ``prompt`` (ids: a list, or a (B, T) tensor) by up to ``max_new_tokens`` tokens.
+
+    ``temperature=0`` is greedy decoding; ``top_k`` keeps the k likeliest tokens; ``seed`` makes
+    sampling repeatable. Stops early once every row has produced ``stop_token``. Returns the new
+    tokens only: (B, n_new).
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: got {max_new_tokens!r}, need an int >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature: got {temperature}, need >= 0 (0 is greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k: got {top_k!r}, need None or an int >= 1")
+    device = next(model.parameters()).device
+    tokens = _as_batch(prompt).to(device)
+    limit = model.cfg.max_seq_len
+    if tokens.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceed the model's "
+                         f"{limit} positions")
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
+        logits = model(tokens, cache=cache).logits[:, -1]  # (B, vocab)
+        out, done = [], torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
+        seq = tokens
+        for _ in range(max_new_tokens):
+            nxt = _pick(logits, temperature, top_k, gen)  # (B,)
+            out.append(nxt)
+            if stop_token is not None:
+                done |= nxt == stop_token
+                if bool(done.all()):
+                    break
+            if len(out) == max_new_tokens:
+                break
+            if cache is not None:
+                logits = model(nxt[:, None], cache=cache).logits[:, -1]
+            else:
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                logits = model(seq).logits[:, -1]
+        return torch.stack(out, dim=1)
+    finally:
+        model.train(was_training)
+
+
+def complete(model: Transformer, prompts: list[str], tokenizer=None, max_new_tokens: int = 120,
+             temperature: float = 0.0, seed: int | None = None) -> list[str]:
+    """Answer each prompt as the model was trained to: ``BOS prompt SEP`` in, text up to EOS out.
+
+    Prompts of the same length run as one batch, so a few hundred answers take seconds on a CPU.
+    """
+    from minimoe.data import EOS, TOKENIZER
+
+    tokenizer = tokenizer or TOKENIZER
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts: need a list of strings")
+    encoded = [tokenizer.encode_prompt(p) for p in prompts]
+    answers: list[str] = [""] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    for length, rows in by_length.items():
+        budget = min(max_new_tokens, model.cfg.max_seq_len - length)
+        if budget < 1:
+            raise ValueError(f"prompts: {prompts[rows[0]]!r} leaves no room to answer in {model.cfg.max_seq_len} positions")
+        batch = torch.tensor([encoded[i] for i in rows], dtype=torch.long)
+        new = generate(model, batch, budget, temperature=temperature, seed=seed, stop_token=EOS)
+        for i, ids in zip(rows, new.tolist()):
+            answers[i] = tokenizer.decode(ids[: ids.index(EOS)] if EOS in ids else ids)
+    return answers
+
+
+@dataclass
+class Answer:
+    """One generated answer: what came out, whether it was right, and what it cost."""
+
+    sample: Sample
+    completion: str
+    correct: bool
+    tokens: int  # tokens generated, EOS included
+    seconds: float  # wall time, the batch's time shared equally among its answers
+
+
+def answer_all(model: Transformer, samples: list[Sample], tokenizer=None, max_new_tokens: int = 200,
+               use_cache: bool = True) -> list[Answer]:
+    """Greedy answers to ``samples``, batched by prompt length, with tokens and time per answer."""
+    from minimoe.data import EOS, TOKENIZER, is_correct
+
+    tokenizer = tokenizer or TOKENIZER
+    if not samples:
+        raise ValueError("samples: need at least one Sample")
+    encoded = [tokenizer.encode_prompt(s.prompt) for s in samples]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    out: list[Answer | None] = [None] * len(samples)
+    for length, rows in sorted(by_length.items()):
+        budget = min(max_new_tokens, model.cfg.max_seq_len - length)
+        batch = torch.tensor([encoded[i] for i in rows], dtype=torch.long)
+        start = time.perf_counter()
+        new = generate(model, batch, budget, temperature=0, stop_token=EOS, use_cache=use_cache)
+        seconds = (time.perf_counter() - start) / len(rows)
+        for i, ids in zip(rows, new.tolist()):
+            n = ids.index(EOS) + 1 if EOS in ids else len(ids)
+            text = tokenizer.decode(ids[: n - 1] if EOS in ids else ids)
+            out[i] = Answer(samples[i], text, is_correct(samples[i], text), n, seconds)
+    return out  # type: ignore[return-value]
+
+
+def summarize(answers: list[Answer], by: str = "difficulty") -> dict:
+    """Accuracy, mean tokens and mean seconds per answer, overall and per ``by`` (difficulty or domain)."""
+    if by not in ("difficulty", "domain"):
+        raise ValueError(f"by: got {by!r}, need 'difficulty' or 'domain'")
+    groups: dict = {}
+    for a in answers:
+        groups.setdefault(getattr(a.sample, by), []).append(a)
+
+    def stats(items: list[Answer]) -> dict:
+        n = len(items)
+        return {"n": n, "accuracy": sum(a.correct for a in items) / n, "tokens": sum(a.tokens for a in items) / n,
+                "seconds": sum(a.seconds for a in items) / n}
+
+    return {"all": stats(answers), **{k: stats(v) for k, v in sorted(groups.items())}}

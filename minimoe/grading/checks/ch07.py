@@ -1,0 +1,158 @@
+"""Chapter 07's exercises: the bytes of training state, the activation peak, what checkpointing saves."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from minimoe.config import ModelConfig
+from minimoe.grading.registry import Student, exercise, expect_equal
+from minimoe.profiler import estimate_memory
+
+state = exercise("07.training_bytes", "parameters, gradients and Adam state, to the byte",
+                 functions=("training_bytes",))
+
+
+def _rand(rng: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+
+def _config(rng: torch.Generator, tie: bool = False) -> ModelConfig:
+    heads = _rand(rng, 1, 4)
+    return ModelConfig(name="exercise", vocab_size=_rand(rng, 20, 300), d_model=heads * 2 * _rand(rng, 2, 12),
+                       n_layers=_rand(rng, 1, 5), n_heads=heads, ffn_hidden=_rand(rng, 8, 200),
+                       tie_embeddings=tie, max_seq_len=256)
+
+
+def _want_state(cfg: ModelConfig, nbytes: int) -> dict[str, int]:
+    dtype = {4: torch.float32, 2: torch.bfloat16}[nbytes]
+    est = estimate_memory(cfg, 1, 1, dtype=dtype)
+    return {"parameters": est.parameters, "gradients": est.gradients, "adam": est.optimizer}
+
+
+def _call_state(student: Student, cfg: ModelConfig, nbytes: int) -> dict:
+    got = student.call("training_bytes", asdict(cfg), nbytes)
+    if not isinstance(got, dict) or not {"parameters", "gradients", "adam"} <= set(got):
+        raise AssertionError("training_bytes should return a dict with keys 'parameters', 'gradients', 'adam'")
+    return got
+
+
+@state.check("parameters and gradients", points=1,
+             hint="count every weight matrix and norm vector of the model, times the bytes per number; "
+                  "every parameter gets a gradient of its own size")
+def _state_params(student: Student, rng: torch.Generator) -> None:
+    for nbytes in (4, 2):
+        cfg = _config(rng)
+        got, want = _call_state(student, cfg, nbytes), _want_state(cfg, nbytes)
+        for key in ("parameters", "gradients"):
+            expect_equal(got[key], want[key], f"training_bytes({cfg.n_layers} layers, d={cfg.d_model}, "
+                                              f"{nbytes} bytes)[{key!r}]")
+
+
+@state.check("AdamW's state, step counters included", points=2,
+             hint="two moments per parameter in the parameters' dtype, plus one 4-byte fp32 step counter per "
+                  "parameter tensor (how many tensors does a block have?)")
+def _state_adam(student: Student, rng: torch.Generator) -> None:
+    for nbytes in (4, 2, 4):
+        cfg = _config(rng)
+        expect_equal(_call_state(student, cfg, nbytes)["adam"], _want_state(cfg, nbytes)["adam"],
+                     f"training_bytes({cfg.n_layers} layers, d={cfg.d_model}, {nbytes} bytes)['adam']")
+
+
+@state.check("tied embeddings", points=1,
+             hint="with tie_embeddings the output head IS the embedding matrix: one tensor, counted once")
+def _state_tied(student: Student, rng: torch.Generator) -> None:
+    cfg = _config(rng, tie=True)
+    got, want = _call_state(student, cfg, 4), _want_state(cfg, 4)
+    for key in ("parameters", "adam"):
+        expect_equal(got[key], want[key], f"training_bytes(tied embeddings)[{key!r}]")
+
+
+peak = exercise("07.activation_peak", "find the activation peak", functions=("activation_peak",))
+
+
+def _peak_reference(events: list[tuple[str, int]]) -> tuple[int, int]:
+    alive = best = 0
+    where = -1
+    for i, (category, delta) in enumerate(events):
+        if category != "activations":
+            continue
+        alive += delta
+        if alive > best:
+            best, where = alive, i
+    return best, where
+
+
+def _random_events(rng: torch.Generator, n: int) -> list[tuple[str, int]]:
+    cats = ["activations", "temporaries", "gradients", "parameters"]
+    alive = {c: [] for c in cats}
+    events = []
+    for _ in range(n):
+        c = cats[_rand(rng, 0, 3)]
+        if alive[c] and _rand(rng, 0, 2) == 0:
+            size = alive[c].pop(_rand(rng, 0, len(alive[c]) - 1))
+            events.append((c, -size))
+        else:
+            size = 4 * _rand(rng, 1, 5000)
+            alive[c].append(size)
+            events.append((c, size))
+    return events
+
+
+def _call_peak(student: Student, events) -> tuple[int, int]:
+    got = student.call("activation_peak", events)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise AssertionError("activation_peak should return (peak_bytes, event_index)")
+    return got
+
+
+@peak.check("the most activation bytes alive at once", points=2,
+            hint="keep a running sum of the activation events only (frees are negative); the peak is its maximum")
+def _peak_value(student: Student, rng: torch.Generator) -> None:
+    for n in (5, 60, 400):
+        events = _random_events(rng, n)
+        expect_equal(_call_peak(student, events)[0], _peak_reference(events)[0], f"peak of {n} random events")
+
+
+@peak.check("where, ties and no activations", points=1,
+            hint="return the index of the FIRST event at which the peak is reached, and (0, -1) when no "
+                 "activation is ever alive")
+def _peak_where(student: Student, rng: torch.Generator) -> None:
+    a = 4 * _rand(rng, 1, 100)
+    cases = [
+        [("activations", a), ("activations", -a), ("activations", a)],  # reached twice: the first counts
+        [("parameters", 64), ("gradients", 64)],  # none
+        [("temporaries", 8), ("activations", a), ("temporaries", 8 * a), ("activations", -a)],
+        _random_events(rng, 100),
+    ]
+    for events in cases:
+        got = _call_peak(student, events)
+        expect_equal(tuple(got), _peak_reference(events), f"activation_peak({events if len(events) < 6 else '...'})")
+
+
+ckpt = exercise("07.checkpoint_saving", "predict what checkpointing saves", functions=("activation_bytes",))
+
+
+def _expect_activations(student: Student, rng: torch.Generator, checkpointing: bool) -> None:
+    for _ in range(2):
+        cfg = _config(rng)
+        b, t = _rand(rng, 1, 4), _rand(rng, 2, 64)
+        want = estimate_memory(cfg, b, t, checkpointing=checkpointing).activations
+        expect_equal(student.call("activation_bytes", asdict(cfg), b, t, checkpointing), want,
+                     f"activation_bytes({cfg.n_layers} layers, d={cfg.d_model}, f={cfg.ffn_hidden}, "
+                     f"{cfg.n_heads} heads, vocab {cfg.vocab_size}, batch {b}, seq {t}, checkpointing={checkpointing})")
+
+
+@ckpt.check("activations kept for backward, fp32", points=2,
+            hint="go through a block op by op: what does each norm, attention and SwiGLU keep? Then the "
+                 "embedding's output, the final norm, log-softmax of the logits, and RoPE's cos and sin")
+def _ckpt_plain(student: Student, rng: torch.Generator) -> None:
+    _expect_activations(student, rng, False)
+
+
+@ckpt.check("with activation checkpointing", points=2,
+            hint="a checkpointed block keeps only its input; the final norm, the loss and cos/sin are not "
+                 "checkpointed, and the final norm still reads the last block's output")
+def _ckpt_on(student: Student, rng: torch.Generator) -> None:
+    _expect_activations(student, rng, True)

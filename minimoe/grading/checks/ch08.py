@@ -1,0 +1,127 @@
+"""Chapter 08's exercises: KV bytes per token; MLA's up-projection of the latent; the cache update."""
+
+from __future__ import annotations
+
+import torch
+
+from minimoe import recipe
+from minimoe.config import ModelConfig
+from minimoe.grading.registry import Student, StudentError, exercise, expect_close, expect_equal
+
+
+def _int(rng: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+
+kv = exercise("08.kv_bytes", "KV-cache bytes per token", functions=("kv_bytes_per_token",))
+
+
+def _random_config(rng: torch.Generator, attention: str) -> dict:
+    n_kv = _int(rng, 1, 4)
+    n_heads = n_kv * _int(rng, 1, 4)
+    fields = dict(attention=attention, n_layers=_int(rng, 1, 64), n_heads=n_heads, d_model=n_heads * _int(rng, 4, 32))
+    if attention == "gqa":
+        fields["n_kv_heads"] = n_kv
+    if attention == "mla":
+        fields.update(kv_lora_rank=_int(rng, 8, 512), qk_rope_head_dim=2 * _int(rng, 1, 32),
+                      qk_nope_head_dim=_int(rng, 8, 64), v_head_dim=_int(rng, 8, 64))
+    return fields
+
+
+def _check_kv(student: Student, rng: torch.Generator, attention: str) -> None:
+    for _ in range(3):
+        fields = _random_config(rng, attention)
+        cfg = ModelConfig(**fields)
+        for width in (2, 4):
+            expect_equal(student.call("kv_bytes_per_token", fields, width), recipe.kv_bytes_per_token(cfg, width),
+                         f"kv_bytes_per_token({fields}, {width})")
+
+
+@kv.check("multi-head attention", points=1,
+          hint="every layer keeps a key and a value for each head: 2 x n_heads x head_dim numbers, head_dim = d_model // n_heads")
+def _kv_mha(student: Student, rng: torch.Generator) -> None:
+    _check_kv(student, rng, "mha")
+
+
+@kv.check("grouped-query attention", points=1, hint="only the n_kv_heads key/value heads are cached, not every query head")
+def _kv_gqa(student: Student, rng: torch.Generator) -> None:
+    _check_kv(student, rng, "gqa")
+
+
+@kv.check("multi-head latent attention", points=2,
+          hint="MLA caches the compressed latent (kv_lora_rank) and the shared RoPE key (qk_rope_head_dim) per layer, for all heads at once")
+def _kv_mla(student: Student, rng: torch.Generator) -> None:
+    _check_kv(student, rng, "mla")
+
+
+latent = exercise("08.expand_latent", "MLA's up-projection of the latent", functions=("expand_latent",))
+
+
+def _expand_reference(c_kv, w_ukv, n_heads, d_nope, d_v):
+    w = w_ukv.view(n_heads, d_nope + d_v, -1)  # (H, d_nope + d_v, d_c)
+    return torch.einsum("tc,hnc->htn", c_kv, w[:, :d_nope]), torch.einsum("tc,hvc->htv", c_kv, w[:, d_nope:])
+
+
+def _expand_case(rng: torch.Generator):
+    n_heads, d_nope, d_v, d_c, t = _int(rng, 1, 6), _int(rng, 1, 16), _int(rng, 1, 16), _int(rng, 2, 24), _int(rng, 1, 9)
+    c_kv = torch.randn(t, d_c, generator=rng)
+    w_ukv = torch.randn(n_heads * (d_nope + d_v), d_c, generator=rng) / d_c ** 0.5
+    return c_kv, w_ukv, n_heads, d_nope, d_v
+
+
+def _expand_call(student: Student, case):
+    out = student.call("expand_latent", *case)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise AssertionError("expand_latent should return (k_nope, v)")
+    return out
+
+
+@latent.check("per-head keys", points=2,
+              hint="view the weight as (n_heads, d_nope + d_v, d_c): each head's first d_nope rows make its keys")
+def _latent_keys(student: Student, rng: torch.Generator) -> None:
+    for _ in range(3):
+        case = _expand_case(rng)
+        k, _ = _expand_call(student, case)
+        expect_close(k, _expand_reference(*case)[0], "k_nope")
+
+
+@latent.check("per-head values", points=1, hint="the last d_v rows of each head's block make its values")
+def _latent_values(student: Student, rng: torch.Generator) -> None:
+    for _ in range(3):
+        case = _expand_case(rng)
+        _, v = _expand_call(student, case)
+        expect_close(v, _expand_reference(*case)[1], "v")
+
+
+cache = exercise("08.cache_update", "writing to a KV cache", functions=("cache_update",))
+
+
+@cache.check("writes the new positions after the filled ones", points=2,
+             hint="positions length .. length + new_len - 1 along the time axis (dim 2) take the new entries; nothing else changes")
+def _cache_write(student: Student, rng: torch.Generator) -> None:
+    b, h, t_max, d = _int(rng, 1, 3), _int(rng, 1, 4), _int(rng, 4, 20), _int(rng, 1, 8)
+    store = torch.randn(b, h, t_max, d, generator=rng)
+    length = 0
+    for new_len in (_int(rng, 1, 3), 1, 1):
+        new = torch.randn(b, h, new_len, d, generator=rng)
+        out = student.call("cache_update", store, new, length)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise AssertionError("cache_update should return (cache, new_length)")
+        want = store.clone()
+        want[:, :, length:length + new_len] = new
+        expect_close(out[0], want, f"the cache after writing {new_len} position(s) at {length}")
+        expect_equal(out[1], length + new_len, "new_length")
+        store, length = want, length + new_len
+
+
+@cache.check("refuses to write past the end", points=1,
+             hint="when length + new positions exceed the cache's size, raise ValueError instead of writing")
+def _cache_full(student: Student, rng: torch.Generator) -> None:
+    store = torch.zeros(1, 1, 4, 2)
+    try:
+        student.call("cache_update", store, torch.ones(1, 1, 2, 2), 3)
+    except StudentError as e:
+        if "ValueError" not in str(e):
+            raise AssertionError(f"expected a ValueError, got: {e}") from None
+        return
+    raise AssertionError("writing 2 positions at 3 into a cache of 4 should raise ValueError")

@@ -1,0 +1,99 @@
+"""Profile one training step of a preset, next to its prediction: what ``minimoe profile`` runs."""
+
+from __future__ import annotations
+
+import torch
+
+from minimoe.config import ModelConfig
+from minimoe.profiler.estimate import MemoryEstimate, as_config, as_dtype, estimate_memory
+from minimoe.profiler.profiler import MemoryProfiler
+
+
+def make_step_optimizer(model: torch.nn.Module, optimizer: str | None = "adamw",
+                        state_dtype: torch.dtype | None = None) -> torch.optim.Optimizer | None:
+    """Chapter 03's AdamW (decay on matrices only), or with ``state_dtype`` its bf16-moment twin; "sgd"; None."""
+    from minimoe.train import TrainConfig, make_optimizer
+
+    if optimizer is None:
+        return None
+    if optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-2)
+    if optimizer != "adamw":
+        raise ValueError(f"optimizer: got {optimizer!r}, need 'adamw', 'sgd' or None")
+    if state_dtype is None or state_dtype == next(model.parameters()).dtype:
+        return make_optimizer(model, TrainConfig())
+    from minimoe.profiler.techniques import AdamWBF16
+
+    tc = TrainConfig()
+    groups = make_optimizer(model, tc).param_groups  # the same decay groups
+    return AdamWBF16([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
+                     lr=tc.lr, betas=tc.betas, state_dtype=state_dtype)
+
+
+def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_len: int = 128,
+                          dtype: torch.dtype | str = torch.float32, checkpointing: bool = False,
+                          optimizer: str | None = "adamw", state_dtype: torch.dtype | str | None = None,
+                          device: str = "cpu", crosscheck: bool = False, seed: int = 0,
+                          backend: str | None = None) -> tuple[MemoryProfiler, MemoryEstimate]:
+    """Build the model, create the optimizer's state (one step on zero gradients), then profile a step.
+
+    The profiled step is what training repeats: ``model(tokens, targets).loss.backward()`` and
+    ``optimizer.step()``, gradients set to None before it. Returns ``(profiler, estimate)``.
+    ``backend``: the MoE dispatch backend (MoE configs only).
+    """
+    from minimoe.model import build_model
+
+    cfg = as_config(config)
+    dtype = as_dtype(dtype)
+    state = as_dtype(state_dtype, "state_dtype") if state_dtype is not None else None
+    est = estimate_memory(cfg, batch, seq_len, optimizer, dtype, checkpointing, state_dtype=state, device=device)
+    model = build_model(cfg, seed=seed).to(device=device, dtype=dtype)
+    if backend is not None:
+        from minimoe.moe import set_dispatch_backend
+
+        set_dispatch_backend(model, backend)
+    model.checkpointing = checkpointing
+    opt = make_step_optimizer(model, optimizer, state)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g).to(device)
+    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # (B, T) each
+
+    def step() -> None:
+        model(inputs, targets=targets).loss.backward()
+        if opt is not None:
+            opt.step()
+
+    if opt is not None:  # a step on zero gradients creates the optimizer's state, as any first step would
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with MemoryProfiler(model, opt, device=device, crosscheck=crosscheck) as prof:
+        step()
+    return prof, est
+
+
+def compare(prof: MemoryProfiler, est: MemoryEstimate) -> list[tuple[str, int, int]]:
+    """(what, predicted, measured) rows: the steady categories at the end of the step, the
+    activations when backward starts (and at their most, with checkpointing), and the peak against
+    what the forward's end holds (backward's working space comes on top of it)."""
+    last, most = prof.at_exit(), prof.max_by_category()
+    rows = [("parameters", est.parameters, last["parameters"]), ("gradients", est.gradients, last["gradients"]),
+            ("optimizer", est.optimizer, last["optimizer"])]
+    if est.kv_cache:
+        rows.append(("kv_cache", est.kv_cache, last["kv_cache"]))
+    rows.append(("activations", est.activations, prof.at_phase_end("forward")["activations"]))
+    if est.rebuilt:  # checkpointing: one rebuilt block at most on top, an upper bound
+        rows.append(("act. + rebuilt", est.activations + est.rebuilt, most["activations"]))
+    rows.append(("peak", est.forward_end + est.rebuilt, prof.peak))
+    return rows
+
+
+def format_comparison(prof: MemoryProfiler, est: MemoryEstimate) -> str:
+    from minimoe.profiler.report import nbytes
+
+    lines = [f"{'':<14} {'predicted':>11} {'measured':>11}  difference"]
+    for what, p, m in compare(prof, est):
+        diff = "exact" if p == m else f"{(m - p) / p:+.2%}" if p else f"{m - p:+d} B"
+        lines.append(f"{what:<14} {nbytes(p):>11} {nbytes(m):>11}  {diff}")
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""minimoe.dispatch: every backend equals the loop (output and every gradient); bad input is named.
+
+The Triton kernels run on this CPU through Triton's interpreter. Triton decides interpreted or
+compiled when it is first imported, for the whole process, and another test file in the same
+worker may have imported it already; so the Triton cases run in a fresh Python started with
+``TRITON_INTERPRET=1`` (one per dtype), which calls ``run_cases`` below.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimoe.dispatch import (BACKENDS, check_inputs, choose_backend, combine, expert_ffn, grouped_mm,
+                              permute, route, triton_importable)
+from minimoe.dispatch import triton_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (rtol, atol) for the output and every gradient against the loop, per dtype. Backends differ in
+# summation order only (fp32 accumulation everywhere), so the gap is a few units in the last place
+# of the dtype, times the depth of the chain (three matmuls).
+TOLERANCES = {
+    torch.float64: (1e-5, 1e-6),  # the combine is fp32 in every backend, the loop included
+    torch.float32: (1e-4, 2e-5),
+    torch.float16: (2e-2, 5e-3),
+    torch.bfloat16: (5e-2, 4e-2),
+}
+
+# (name, tokens, d, h, experts, k, routing)
+CASES = [
+    ("small", 16, 32, 16, 4, 2, "random"),
+    ("odd d and h", 9, 97, 97, 5, 2, "random"),
+    ("idle expert", 12, 16, 24, 6, 2, "idle"),
+    ("all on one expert", 10, 16, 8, 4, 1, "one"),
+    ("single token", 1, 16, 8, 3, 2, "random"),
+    ("k equals E", 6, 16, 8, 5, 5, "random"),
+    ("E not a power of two", 24, 32, 16, 7, 3, "skewed"),
+    ("non-contiguous", 11, 24, 16, 5, 2, "noncontig"),
+]
+
+
+def make_case(n, d, h, e, k, routing, dtype, seed=0):
+    """Random inputs (leaves that require grad) for one case."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, e, generator=gen)
+    if routing == "idle":
+        scores[:, 0] = -1e9  # expert 0 gets no token
+    if routing == "one":
+        scores[:, 2] = 1e9  # every token picks expert 2
+    if routing == "skewed":
+        scores[:, 1] += 1.5  # expert 1 gets most tokens
+    idx = scores.topk(k, dim=1).indices  # (n, k), distinct per row
+    weight = torch.rand(n, k, generator=gen) + 0.1
+    x = torch.randn(n, d, generator=gen)
+    w_gate = torch.randn(e, d, h, generator=gen) / d**0.5
+    w_up = torch.randn(e, d, h, generator=gen) / d**0.5
+    w_down = torch.randn(e, h, d, generator=gen) / h**0.5
+    if routing == "noncontig":
+        x = torch.randn(d, n, generator=gen).t()  # (n, d), column-major
+        w_gate = torch.randn(e, h, d, generator=gen).transpose(1, 2) / d**0.5  # (e, d, h), transposed strides
+        w_down = torch.randn(e, d, h, generator=gen).transpose(1, 2) / h**0.5
+        idx = idx.t().contiguous().t()  # (n, k), column-major
+        weight = weight.t().contiguous().t()
+    tensors = [x.to(dtype), idx, weight, w_gate.to(dtype), w_up.to(dtype), w_down.to(dtype)]
+    for i in (0, 2, 3, 4, 5):
+        tensors[i] = tensors[i].detach().requires_grad_()
+    return tensors
+
+
+def run_backend(backend, tensors, dout):
+    out = expert_ffn(*tensors, backend=backend)
+    leaves = [tensors[i] for i in (0, 2, 3, 4, 5)]
+    grads = torch.autograd.grad(out, leaves, dout)
+    return out, grads
+
+
+def compare(backend, case, dtype, seed=0):
+    name, n, d, h, e, k, routing = case
+    tensors = make_case(n, d, h, e, k, routing, dtype, seed)
+    dout = torch.randn(n, d, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    want, want_grads = run_backend("loop", tensors, dout)
+    got, got_grads = run_backend(backend, tensors, dout)
+    rtol, atol = TOLERANCES[dtype]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{name}, output: {m}")
+    for what, g, w in zip(("x", "topk_weight", "w_gate", "w_up", "w_down"), got_grads, want_grads):
+        assert g.dtype == w.dtype, f"{name}: d{what} dtype {g.dtype}, want {w.dtype}"
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m, what=what: f"{name}, d{what}: {m}")
+
+
+def run_cases(backend: str, dtype_name: str) -> None:
+    """Every case for one backend and dtype (the Triton subprocess calls this)."""
+    for case in CASES:
+        compare(backend, case, getattr(torch, dtype_name))
+    print(f"{backend} {dtype_name}: {len(CASES)} cases equal the loop")
+
+
+# --- the torch path ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+def test_torch_equals_loop(case, dtype):
+    compare("torch", case, dtype)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: c[0])
+def test_torch_without_grouped_mm_equals_loop(case, monkeypatch):
+    monkeypatch.setattr(torch, "_grouped_mm", None, raising=False)
+    monkeypatch.delattr(torch, "_grouped_mm")
+    compare("torch", case, torch.float32)
+
+
+def test_auto_on_cpu_is_torch_and_equals_loop():
+    assert choose_backend("cpu", torch.float32) == "torch"
+    compare("auto", CASES[2], torch.float32)
+
+
+def test_torch_path_is_deterministic():
+    tensors = make_case(40, 32, 16, 8, 3, "skewed", torch.float32)
+    a = expert_ffn(*tensors, backend="torch")
+    b = expert_ffn(*tensors, backend="torch")
+    assert torch.equal(a, b)
+
+
+def test_route_permute_combine_pieces():
+    idx = torch.tensor([[2, 0], [0, 1], [2, 1]])  # 3 tokens, k = 2, 4 experts (expert 3 idle)
+    order, counts, offsets = route(idx, 4)
+    assert order.tolist() == [1, 2, 3, 5, 0, 4]  # stable: expert 0's rows keep token order
+    assert counts.tolist() == [2, 2, 2, 0] and offsets.tolist() == [2, 4, 6, 6]
+    x = torch.arange(6.0).view(3, 2)
+    assert permute(x, order, 2)[:, 0].tolist() == [0, 2, 2, 4, 0, 4]
+    w = torch.tensor([[0.5, 0.25], [1.0, 2.0], [3.0, 4.0]])
+    y = permute(x, order, 2)  # experts that are the identity
+    torch.testing.assert_close(combine(y, order, w, 3), x * w.sum(1, keepdim=True))
+    b = torch.randn(4, 2, 5)
+    want = torch.cat([x[[0, 1]] @ b[0], x[[1, 2]] @ b[1], x[[0, 2]] @ b[2]])
+    torch.testing.assert_close(grouped_mm(permute(x, order, 2), b, offsets), want)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def _good():
+    return [t.detach() for t in make_case(4, 8, 6, 3, 2, "random", torch.float32)]
+
+
+@pytest.mark.parametrize("position,bad,name", [
+    (0, lambda t: t[:, :-1], "w_gate"),  # x narrower than the weights
+    (0, lambda t: t[None], "x"),
+    (1, lambda t: t[:-1], "topk_idx"),
+    (1, lambda t: t + 5, "topk_idx"),  # ids out of range
+    (1, lambda t: t - 5, "topk_idx"),
+    (1, lambda t: t.float(), "topk_idx"),
+    (2, lambda t: t[:, :1], "topk_weight"),
+    (3, lambda t: t.double(), "w_gate"),  # another dtype
+    (4, lambda t: t[:, :, :-1], "w_up"),
+    (5, lambda t: t.transpose(1, 2), "w_down"),
+    (5, lambda t: t.to("meta"), "w_down"),  # another device
+], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("backend", ["loop", "torch", "auto"])
+def test_bad_input_names_the_argument(position, bad, name, backend):
+    args = _good()
+    args[position] = bad(args[position])
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        expert_ffn(*args, backend=backend)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="^backend:"):
+        expert_ffn(*_good(), backend="cuda")
+    assert set(BACKENDS) == {"auto", "loop", "torch", "triton"}
+
+
+def test_check_inputs_accepts_good_input():
+    check_inputs(*_good())
+
+
+# --- Triton ----------------------------------------------------------------------------------------
+
+needs_triton = pytest.mark.skipif(not triton_importable(), reason="Triton is not installed here (Linux only)")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_triton_equals_loop_in_the_interpreter(dtype):
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    code = f"import test_dispatch as t; t.run_cases('triton', {dtype!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{len(CASES)} cases equal the loop" in proc.stdout
+
+
+@needs_triton
+def test_triton_refuses_bf16_in_the_interpreter():
+    assert triton_path.supported(torch.device("cpu"), torch.bfloat16) is not None
+    assert triton_path.supported(torch.device("cpu"), torch.float16) is None
+    with pytest.raises(triton_path.TritonUnavailable, match="bfloat16"):
+        expert_ffn(*make_case(4, 8, 6, 3, 2, "random", torch.bfloat16), backend="triton")
+
+
+def test_without_triton_the_package_works_and_triton_backend_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # restored afterwards: kernels() sets it on a CPU
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
+    monkeypatch.setattr(triton_path, "_MODULE", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert choose_backend("cpu", torch.float32) == "torch"
+    assert not triton_importable()
+    compare("auto", CASES[0], torch.float32)
+    with pytest.raises(triton_path.TritonUnavailable, match="needs Triton"):
+        expert_ffn(*make_case(4, 8, 6, 3, 2, "random", torch.float32), backend="triton")
+
+
+def test_tile_schedule_never_mixes_experts():
+    counts = torch.tensor([0, 5, 16, 1, 0, 33])
+    offsets = counts.cumsum(0)
+    expert, start, end = triton_path.schedule(counts, offsets, 16, int(counts.sum()))
+    covered = []
+    for e, s, t in zip(expert.tolist(), start.tolist(), end.tolist()):
+        rows = list(range(s, min(s + 16, t)))
+        assert all(offsets[e] - counts[e] <= r < offsets[e] for r in rows)
+        covered += rows
+    assert sorted(covered) == list(range(int(counts.sum())))

@@ -1,0 +1,196 @@
+"""minimoe.profiler: storages counted once, frees seen, categories equal to the prediction to the byte."""
+
+import pytest
+import torch
+
+from minimoe.config import ModelConfig, preset
+from minimoe.model import build_model
+from minimoe.profiler import (AdamWBF16, MemoryProfiler, estimate_memory, profile_training_step, quantize_fp8,
+                              dequantize_fp8, to_fp8_storage)
+from minimoe.recipe import count_params
+from minimoe.train import TrainConfig, make_optimizer
+
+SMALL = ModelConfig(vocab_size=37, d_model=32, n_layers=2, n_heads=4, ffn_hidden=40, max_seq_len=32)
+
+
+def test_views_share_one_storage():
+    with MemoryProfiler() as prof:
+        a = torch.empty(1000)  # 4,000 bytes
+        views = [a.view(10, 100), a[::2], a.t() if a.dim() == 2 else a.unsqueeze(0), a.reshape(100, 10).T]
+        assert prof.tracker.total == 4000, "a view must not be counted again"
+        b = a.reshape(100, 10).T.contiguous()  # a copy: new bytes
+        assert prof.tracker.total == 8000
+    assert len(prof.records) == 2 and prof.peak == 8000
+    del views, b
+
+
+def test_frees_are_seen_and_the_peak_stays():
+    with MemoryProfiler() as prof:
+        a = torch.ones(256)  # 1,024 bytes
+        b = a * 2  # 1,024 more
+        del a
+        assert prof.tracker.total == 1024
+        c = torch.zeros(10, dtype=torch.float64)  # 80
+        del c
+    assert prof.peak == 2048 and prof.at_exit()["other"] == 1024  # b survives the region
+    assert prof.max_by_category()["temporaries"] == 1024 and prof.at_exit()["temporaries"] == 0
+    del b
+
+
+def test_torch_tensor_from_python_data_is_counted():
+    with MemoryProfiler() as prof:
+        t = torch.tensor([1.0, 2.0, 3.0])
+    assert prof.peak == 12
+    del t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_categories_equal_the_prediction_to_the_byte(dtype, checkpointing):
+    prof, est = profile_training_step(SMALL, batch=3, seq_len=16, dtype=dtype, checkpointing=checkpointing)
+    last = prof.at_exit()
+    assert last["parameters"] == est.parameters == count_params(SMALL).total * dtype.itemsize
+    assert last["gradients"] == est.gradients
+    assert last["optimizer"] == est.optimizer
+    assert prof.at_phase_end("forward")["activations"] == est.activations
+    assert prof.baseline == est.parameters + est.optimizer  # gradients were set to None before the step
+
+
+def test_bf16_optimizer_state_halves_the_moments():
+    prof, est = profile_training_step(SMALL, batch=2, seq_len=8, state_dtype=torch.bfloat16)
+    full = estimate_memory(SMALL, 2, 8)
+    assert prof.at_exit()["optimizer"] == est.optimizer
+    assert full.optimizer - est.optimizer == count_params(SMALL).total * 2 * 2  # two moments, 2 bytes saved each
+
+
+def test_allocator_agrees_with_the_tracker_on_cpu():
+    prof, _ = profile_training_step(SMALL, batch=2, seq_len=16, crosscheck=True)
+    a = prof.allocator
+    assert a["source"].startswith("torch.profiler") and a["allocator_peak"] > 0
+    assert abs(a["relative_difference"]) < 0.02, a
+
+
+def test_gradients_and_modules_are_attributed():
+    model = build_model(SMALL)
+    tokens = torch.randint(0, SMALL.vocab_size, (2, 8))
+    with MemoryProfiler(model) as prof:
+        model(tokens, targets=tokens).loss.backward()
+    by_module = prof.by_module(depth=2, when="exit")
+    per_block = sum(p.numel() for p in model.blocks[0].parameters()) * 4
+    assert by_module["blocks.0"]["parameters"] == per_block and by_module["blocks.0"]["gradients"] == per_block
+    assert prof.at_peak()["activations"] > 0
+    d = prof.to_dict()
+    assert d["peak"] == prof.peak and set(d["at_peak"]) == set(d["at_exit"])
+
+
+def test_kv_cache_is_labelled():
+    model = build_model(SMALL.with_(attention="gqa", n_kv_heads=2))
+    cache = model.new_cache(batch=2, max_len=16)
+    with torch.no_grad(), MemoryProfiler(model, kv_cache=cache) as prof:
+        model(torch.randint(0, SMALL.vocab_size, (2, 5)), cache=cache)
+    assert prof.at_exit()["kv_cache"] == estimate_memory(SMALL.with_(attention="gqa", n_kv_heads=2), 2, 5,
+                                                          training=False, kv_cache=16).kv_cache
+
+
+def test_nesting_and_bad_devices_raise_clearly():
+    with MemoryProfiler():
+        with pytest.raises(RuntimeError, match="nesting is not supported"):
+            with MemoryProfiler():
+                pass
+    with MemoryProfiler():  # the failed inner one left nothing behind
+        pass
+    with pytest.raises(ValueError, match="device: got 'meta'"):
+        MemoryProfiler(device="meta")
+    with pytest.raises(ValueError, match="device"):
+        MemoryProfiler(device="mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            MemoryProfiler(device="cuda")
+    with pytest.raises(TypeError, match="model"):
+        MemoryProfiler(model="tiny")
+    prof = MemoryProfiler()
+    with pytest.raises(RuntimeError, match="nothing recorded"):
+        prof.at_peak()
+
+
+def test_estimate_checks_its_inputs():
+    with pytest.raises(ValueError, match="batch"):
+        estimate_memory(SMALL, 0, 8)
+    with pytest.raises(ValueError, match="seq_len"):
+        estimate_memory(SMALL, 1, 999)
+    with pytest.raises(ValueError, match="dtype"):
+        estimate_memory(SMALL, 1, 8, dtype="int8")
+    assert estimate_memory("tiny", 8, 128).parameters == estimate_memory(
+        {k: getattr(preset("tiny"), k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden")},
+        8, 128).parameters
+
+
+def test_fp8_storage_saves_bytes_and_adds_a_small_error():
+    w = torch.randn(64, 48)
+    q, scale = quantize_fp8(w)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (64, 1)
+    rel = (dequantize_fp8(q, scale) - w).norm() / w.norm()
+    assert 0 < rel < 0.05
+    model = build_model(SMALL).eval()
+    fp8 = to_fp8_storage(model)
+    tokens = torch.randint(0, SMALL.vocab_size, (2, 8))
+    with torch.no_grad():
+        err = (fp8(tokens).logits - model(tokens).logits).norm() / model(tokens).logits.norm()
+    assert err < 0.1
+    stored = sum(p.numel() * p.element_size() for p in fp8.parameters())
+    assert stored < 0.4 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_bf16_adamw_follows_adamw():
+    a, b = build_model(SMALL), build_model(SMALL)
+    oa = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=0.1)
+    ob = AdamWBF16(b.parameters(), lr=1e-3, weight_decay=0.1)
+    tokens = torch.randint(0, SMALL.vocab_size, (2, 8))
+    for _ in range(3):
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            m(tokens, targets=tokens).loss.backward()
+            o.step()
+    assert all(s["exp_avg"].dtype == torch.bfloat16 for s in ob.state.values())
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4)
+
+
+MOE = ModelConfig(vocab_size=37, d_model=32, n_layers=2, n_heads=4, ffn_hidden=48, n_routed_experts=4,
+                  n_shared_experts=1, top_k=2, expert_hidden=16, n_dense_layers=1, max_seq_len=32)
+
+
+def _backends():
+    try:
+        from minimoe.dispatch import BACKENDS, triton_importable
+    except ImportError:
+        return []
+    return [b for b in BACKENDS if b != "triton" or triton_importable()]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_profiler_around_the_moe_layer(backend):
+    pytest.importorskip("minimoe.moe")
+    interpreted = False
+    if backend == "triton":
+        from minimoe.dispatch import triton_ready
+
+        assert triton_ready()
+        interpreted = not torch.cuda.is_available()
+    prof, est = profile_training_step(MOE, batch=2, seq_len=16, backend=backend, crosscheck=not interpreted)
+    last = prof.at_exit()
+    assert last["parameters"] == est.parameters and last["gradients"] == est.gradients
+    assert last["optimizer"] == est.optimizer
+    experts = prof.by_module(depth=5, when="exit")["blocks.1.ffn.experts.w_gate"]
+    assert experts["parameters"] == MOE.n_routed_experts * MOE.d_model * MOE.expert_hidden * 4  # every expert resident
+    assert prof.at_phase_end("forward")["activations"] > 0
+    if not interpreted:  # Triton's CPU interpreter moves data through NumPy, which PyTorch's allocator never sees
+        assert abs(prof.allocator["relative_difference"]) < 0.02, prof.allocator
+
+
+def test_cli_profile(capsys):
+    from minimoe.cli import main
+
+    assert main(["profile", "--preset", "tiny", "--batch", "2", "--seq", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "exact" in out and "peak" in out
