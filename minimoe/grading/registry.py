@@ -138,3 +138,21 @@ def expect_equal(got: Any, want: Any, what: str) -> None:
         got = got.item()
     if isinstance(got, bool) != isinstance(want, bool) or got != want:
         raise AssertionError(f"{what}: expected {want!r}, got {got!r}")
+
+
+def expect_tuple(got: Any, n: int, shape: str) -> tuple:
+    """Assert that a student function returned ``n`` values; ``shape`` names them, e.g. "f should return (a, b)"."""
+    if not isinstance(got, (tuple, list)) or len(got) != n:
+        kind = f"{type(got).__name__} of length {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
+        raise AssertionError(f"{shape}, got a {kind}")
+    return tuple(got)
+
+
+def expect_number(got: Any, want: float, what: str, rel: float = 1e-6) -> None:
+    """Assert that ``got`` is a number (or a one-element tensor) within ``rel`` of ``want``."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"{what}: expected a number, got {type(got).__name__}")
+    if abs(got - want) > rel * abs(want):
+        raise AssertionError(f"{what}: off by a factor of {got / want:.4g}" if want and got else f"{what}: wrong")

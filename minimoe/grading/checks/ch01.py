@@ -6,7 +6,7 @@ import torch
 
 from minimoe import recipe
 from minimoe.config import ModelConfig
-from minimoe.grading.registry import Student, exercise, expect_equal
+from minimoe.grading.registry import Student, exercise, expect_equal, expect_number, expect_tuple
 
 block = exercise(
     "01.block_params",
@@ -62,15 +62,6 @@ cost = exercise(
 )
 
 
-def _close(got, want: float, what: str, rel: float = 1e-6) -> None:
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        raise AssertionError(f"{what}: expected a number, got {type(got).__name__}")
-    if abs(got - want) > rel * abs(want):
-        raise AssertionError(f"{what}: off by a factor of {got / want:.4g}" if want and got else f"{what}: wrong")
-
-
 def _random_run(rng: torch.Generator) -> tuple[float, float, float, float, float]:
     u = torch.rand(5, generator=rng, dtype=torch.float64).tolist()
     n_params = 10 ** (6 + 6 * u[0])
@@ -82,11 +73,7 @@ def _random_run(rng: torch.Generator) -> tuple[float, float, float, float, float
 
 
 def _cost_parts(student: Student, args: tuple) -> tuple:
-    out = student.call("training_cost", *args)
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise AssertionError(f"training_cost should return (flops, gpu_hours, dollars), got {type(out).__name__}"
-                             + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
-    return tuple(out)
+    return expect_tuple(student.call("training_cost", *args), 3, "training_cost should return (flops, gpu_hours, dollars)")
 
 
 @cost.check("training FLOPs are 6·N·D", points=1,
@@ -95,7 +82,7 @@ def _cost_flops(student: Student, rng: torch.Generator) -> None:
     for _ in range(5):
         args = _random_run(rng)
         flops, _, _ = _cost_parts(student, args)
-        _close(flops, 6 * args[0] * args[1], "flops")
+        expect_number(flops, 6 * args[0] * args[1], "flops")
 
 
 @cost.check("GPU-hours and dollars", points=2,
@@ -105,8 +92,8 @@ def _cost_hours(student: Student, rng: torch.Generator) -> None:
         args = _random_run(rng)
         _, hours, dollars = _cost_parts(student, args)
         want = recipe.training_cost(6 * args[0] * args[1], args[2], args[3], args[4])
-        _close(hours, want.gpu_hours, "gpu_hours")
-        _close(dollars, want.dollars, "dollars")
+        expect_number(hours, want.gpu_hours, "gpu_hours")
+        expect_number(dollars, want.dollars, "dollars")
 
 
 mfu = exercise(
@@ -122,7 +109,7 @@ def _mfu_roundtrip(student: Student, rng: torch.Generator) -> None:
     for _ in range(5):
         n_params, n_tokens, peak, true_mfu, _ = _random_run(rng)
         hours = recipe.training_cost(6 * n_params * n_tokens, peak, true_mfu, 1.0).gpu_hours
-        _close(student.call("implied_mfu", n_params, n_tokens, hours, peak), true_mfu,
+        expect_number(student.call("implied_mfu", n_params, n_tokens, hours, peak), true_mfu,
                f"implied_mfu(n_params={n_params:.3g}, n_tokens={n_tokens:.3g}, gpu_hours={hours:.3g}, peak={peak:.3g})")
 
 
@@ -132,4 +119,4 @@ def _mfu_v3(student: Student, rng: torch.Generator) -> None:
     n = recipe.count_params("deepseek-v3").activated
     peak = recipe.gpu("h800").bf16_flops
     want = recipe.implied_mfu(6 * n * 14.8e12, 2664e3, peak)
-    _close(student.call("implied_mfu", n, 14.8e12, 2664e3, peak), want, "implied_mfu for DeepSeek-V3")
+    expect_number(student.call("implied_mfu", n, 14.8e12, 2664e3, peak), want, "implied_mfu for DeepSeek-V3")

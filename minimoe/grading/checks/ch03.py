@@ -7,7 +7,7 @@ from dataclasses import asdict
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.grading.registry import Student, exercise, expect_close
+from minimoe.grading.registry import Student, exercise, expect_close, expect_tuple
 from minimoe.model import apply_rope, build_model, causal_mask, rope_angles
 
 mask = exercise("03.causal_mask", "the causal mask", functions=("causal_mask",))
@@ -101,8 +101,8 @@ def _step_case(rng: torch.Generator, cfg: ModelConfig = _CFG):
 
 
 def _call_step(student: Student, case):
-    out = student.call("train_step", *case)
-    if not isinstance(out, (tuple, list)) or len(out) != 2 or not isinstance(out[1], dict):
+    out = expect_tuple(student.call("train_step", *case), 2, "train_step should return (loss, new_weights)")
+    if not isinstance(out[1], dict):
         raise AssertionError("train_step should return (loss, new_weights) with new_weights a dict of tensors")
     return out
 

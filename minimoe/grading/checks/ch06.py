@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minimoe.dispatch import combine, route, triton_importable
-from minimoe.grading.registry import Student, exercise, expect_close
+from minimoe.grading.registry import Student, exercise, expect_close, expect_tuple
 
 # --- 06.route: the permutation and the offsets -------------------------------------------------------
 
@@ -33,10 +33,8 @@ def _expect_ints(got, want: torch.Tensor, what: str) -> None:
 
 
 def _call_perm(student: Student, idx: torch.Tensor, e: int):
-    out = student.call("permutation_and_offsets", idx, e)
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise AssertionError("permutation_and_offsets should return (order, offsets)")
-    return out
+    return expect_tuple(student.call("permutation_and_offsets", idx, e), 2,
+                        "permutation_and_offsets should return (order, offsets)")
 
 
 @perm.check("random routing", points=2,

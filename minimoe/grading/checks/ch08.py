@@ -6,7 +6,7 @@ import torch
 
 from minimoe import recipe
 from minimoe.config import ModelConfig
-from minimoe.grading.registry import Student, StudentError, exercise, expect_close, expect_equal
+from minimoe.grading.registry import Student, StudentError, exercise, expect_close, expect_equal, expect_tuple
 
 
 def _int(rng: torch.Generator, lo: int, hi: int) -> int:
@@ -70,10 +70,7 @@ def _expand_case(rng: torch.Generator):
 
 
 def _expand_call(student: Student, case):
-    out = student.call("expand_latent", *case)
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise AssertionError("expand_latent should return (k_nope, v)")
-    return out
+    return expect_tuple(student.call("expand_latent", *case), 2, "expand_latent should return (k_nope, v)")
 
 
 @latent.check("per-head keys", points=2,
@@ -104,9 +101,8 @@ def _cache_write(student: Student, rng: torch.Generator) -> None:
     length = 0
     for new_len in (_int(rng, 1, 3), 1, 1):
         new = torch.randn(b, h, new_len, d, generator=rng)
-        out = student.call("cache_update", store, new, length)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise AssertionError("cache_update should return (cache, new_length)")
+        out = expect_tuple(student.call("cache_update", store, new, length), 2,
+                           "cache_update should return (cache, new_length)")
         want = store.clone()
         want[:, :, length:length + new_len] = new
         expect_close(out[0], want, f"the cache after writing {new_len} position(s) at {length}")

@@ -9,7 +9,7 @@ import torch
 from minimoe import recipe
 from minimoe.config import ModelConfig
 from minimoe.generate import generate
-from minimoe.grading.registry import Student, exercise, expect_equal
+from minimoe.grading.registry import Student, exercise, expect_equal, expect_number, expect_tuple
 from minimoe.model import build_model
 
 decode = exercise("10.greedy_cache", "greedy decoding with a KV cache", functions=("greedy_decode",))
@@ -26,10 +26,8 @@ def _case(rng: torch.Generator):
 
 
 def _call(student: Student, case):
-    out = student.call("greedy_decode", *case[:4])
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise AssertionError("greedy_decode should return (new_tokens, positions_processed)")
-    return out
+    return expect_tuple(student.call("greedy_decode", *case[:4]), 2,
+                        "greedy_decode should return (new_tokens, positions_processed)")
 
 
 @decode.check("the greedy tokens", points=2,
@@ -64,10 +62,7 @@ def _cost(student: Student, rng: torch.Generator) -> None:
         n_active, n_tokens = 10 ** (8 + 3 * u[0]), int(1 + 5000 * u[1])
         mfu, price = 0.05 + 0.9 * u[2], 0.5 + 5 * u[3]
         want = recipe.answer_cost(n_active, n_tokens, 989.4e12, mfu, price)
-        out = student.call("answer_cost", n_active, n_tokens, 989.4e12, mfu, price)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise AssertionError("answer_cost should return (flops, dollars)")
-        for got, value, name in ((out[0], want.flops, "flops"), (out[1], want.dollars, "dollars")):
-            got = float(got)
-            if abs(got - value) > 1e-6 * abs(value):
-                raise AssertionError(f"{name}: off by a factor of {got / value:.4g}" if got else f"{name}: got 0")
+        flops, dollars = expect_tuple(student.call("answer_cost", n_active, n_tokens, 989.4e12, mfu, price), 2,
+                                      "answer_cost should return (flops, dollars)")
+        expect_number(flops, want.flops, "flops")
+        expect_number(dollars, want.dollars, "dollars")
