@@ -127,6 +127,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if config_from_checkpoint(old) != cfg:
                 raise CheckpointError(f"{out} holds a checkpoint of model {old['model_config'].get('name')!r}, "
                                       f"not of preset {cfg.name!r}; choose another --out or the same --preset")
+        if args.seq_len > cfg.max_seq_len:
+            raise ValueError(f"--seq-len: got {args.seq_len}, need at most the model's {cfg.max_seq_len} positions")
         if args.data:
             from minimoe.data import load_text
 
@@ -134,12 +136,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data = TextBatches(corpus, args.batch_size, min(args.seq_len, cfg.max_seq_len - 1), args.seed)
         else:
             data = mixture_batches(args.samples, 512, args.batch_size, args.seed, weights=_mix(args.mix),
-                                   signed=args.signed, signer=args.signer)
+                                   signed=args.signed, signer=args.signer, pack=not args.no_pack,
+                                   seq_len=args.seq_len)
     except (ValueError, OSError) as e:
         print(f"minimoe train: {e}", file=sys.stderr)
         return 2
     model = build_model(cfg, seed=args.seed)
-    trainer = Trainer(model, data, tcfg, out_dir=out, progress=True)
+    trainer = Trainer(model, data, tcfg, out_dir=out, progress=True, dispatch=args.dispatch)
+    described = data.describe()
+    layout = (f"packed rows of {described['seq_len']}" if described.get("packed") else "padded samples")
+    print(f"training {cfg.name}: {args.batch_size} {layout} per step, dispatch {trainer.dispatch or 'none (dense)'}",
+          flush=True)
     if existing.exists():
         step = trainer.resume()
         print(f"resuming {out} from step {step}")
@@ -151,7 +158,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if metrics:
         last = metrics[-1]
         val = f", validation {last['val_ce']:.4f}" if "val_ce" in last else ""
-        print(f"step {trainer.step}: loss {last['loss']:.4f}{val}")
+        print(f"step {trainer.step}: loss {last['loss']:.4f}{val}, {last['tokens_per_s']:.0f} real tokens/s")
     print(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}, {out / 'loss.png'}")
     return 0
 
@@ -177,7 +184,8 @@ def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
     print(f"training {cfg.name} with its experts on {args.expert_parallel} processes ...", flush=True)
     try:
         losses = launch(train_worker, args.expert_parallel, (cfg.name, args.steps, args.batch_size, args.seed,
-                                                              args.lr, args.samples, str(out)), timeout_s=300)[0]
+                                                              args.lr, args.samples, str(out), args.dispatch),
+                        timeout_s=300)[0]
     except DistributedError as e:
         print(f"minimoe train: {e}", file=sys.stderr)
         return 1
@@ -306,13 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     t.add_argument("--steps", type=_positive(int), default=1000)
     t.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, loss.png")
-    t.add_argument("--batch-size", type=_positive(int), default=32)
+    t.add_argument("--batch-size", type=_positive(int), default=16,
+                   help="rows per step: packed rows of --seq-len positions (default: 16)")
     t.add_argument("--lr", type=_positive(float), default=3e-3)
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--eval-every", type=_positive(int), default=100)
     t.add_argument("--checkpoint-every", type=_positive(int), default=100)
     t.add_argument("--samples", type=_positive(int), default=50000, help="training problems drawn from the mixture")
-    t.add_argument("--seq-len", type=_positive(int), default=128, help="window length for --data")
+    t.add_argument("--seq-len", type=_positive(int), default=256,
+                   help="positions per row: packed samples, or a window of --data (default: 256)")
+    t.add_argument("--no-pack", action="store_true",
+                   help="one sample per row, padded (the slow way, for comparison)")
+    t.add_argument("--dispatch", choices=("auto", "torch", "triton", "loop"), default="auto",
+                   help="how MoE layers run their experts (default: auto: Triton on a recent GPU, else torch)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data", default=None, help="a plain-text file to train on instead of the mixture")
     t.add_argument("--mix", default=None, help="domain weights, e.g. add_cot=1,mul_cot=1 (default: every domain)")

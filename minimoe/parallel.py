@@ -72,16 +72,20 @@ class CommStats:
     bytes_sent: int = 0  # everything this rank sends to other ranks: counts, rows, ids, weights, results
 
 
-def exchange_plan(topk_idx: torch.Tensor, n_experts: int, world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def exchange_plan(topk_idx: torch.Tensor, n_experts: int, world: int, token_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which (token, rank) pairs must travel: one per token and destination rank.
 
     topk_idx: (N, k) -> pair_token (P,), pair_rank (P,) sorted by rank (stable), send_counts (world,).
+    ``token_mask`` (N,) bool: masked tokens (PAD) travel nowhere.
     """
     per_rank = experts_per_rank(n_experts, world)
     n, k = topk_idx.shape
     dest = topk_idx // per_rank  # (N, k): the rank holding each chosen expert
     hit = torch.zeros(n, world, dtype=torch.bool, device=topk_idx.device)
     hit[torch.arange(n, device=topk_idx.device)[:, None].expand(n, k), dest] = True  # (N, world)
+    if token_mask is not None:
+        hit &= token_mask[:, None]
     pair_token, pair_rank = hit.nonzero(as_tuple=True)  # ordered by token, then rank
     order = torch.argsort(pair_rank, stable=True)  # group by destination rank
     pair_token, pair_rank = pair_token[order], pair_rank[order]
@@ -90,11 +94,13 @@ def exchange_plan(topk_idx: torch.Tensor, n_experts: int, world: int) -> tuple[t
 
 def ep_expert_ffn(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
                   w_up: torch.Tensor, w_down: torch.Tensor, n_experts: int, group: Any = None,
-                  backend: str = "loop", stats: CommStats | None = None) -> torch.Tensor:
+                  backend: str = "auto", stats: CommStats | None = None,
+                  token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The expert-parallel twin of ``minimoe.dispatch.expert_ffn``.
 
     x: (N, d) this rank's tokens; topk_idx, topk_weight: (N, k) with global expert ids;
-    w_gate, w_up: (E/W, d, h) and w_down: (E/W, h, d): this rank's experts. Returns (N, d).
+    w_gate, w_up: (E/W, d, h) and w_down: (E/W, h, d): this rank's experts; ``token_mask`` (N,)
+    bool: PAD (False) is sent nowhere and gets 0. Returns (N, d).
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     per_rank = experts_per_rank(n_experts, world)
@@ -104,7 +110,7 @@ def ep_expert_ffn(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Te
         raise ValueError(f"topk_idx: ids must be in [0, {n_experts})")
     n, d = x.shape
     k = topk_idx.shape[1]
-    pair_token, pair_rank, send_counts = exchange_plan(topk_idx, n_experts, world)
+    pair_token, pair_rank, send_counts = exchange_plan(topk_idx, n_experts, world, token_mask)
 
     # What travels with each (token, rank) pair: its k expert ids, local to that rank (-1 where the
     # expert lives elsewhere), and the matching gate weights (0 there).
@@ -330,9 +336,9 @@ class ShardedExperts(torch.nn.Module):
         self.stats = CommStats()
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
-                backend: str = "loop") -> torch.Tensor:
+                backend: str = "auto", token_mask: torch.Tensor | None = None) -> torch.Tensor:
         return ep_expert_ffn(x, topk_idx, topk_weight, self.w_gate.weight, self.w_up.weight, self.w_down.weight,
-                             self.n_experts, self.group, backend, self.stats)
+                             self.n_experts, self.group, backend, self.stats, token_mask)
 
 
 def shard_experts(model: torch.nn.Module, rank: int, world: int, group: Any = None) -> int:
@@ -350,9 +356,11 @@ def _is_expert(name: str) -> bool:
 
 
 def train_worker(rank: int, world: int, preset_name: str, steps: int, batch_size: int, seed: int = 0,
-                 lr: float = 3e-3, n_train: int = 2000, out: str | None = None) -> list[float]:
+                 lr: float = 3e-3, n_train: int = 2000, out: str | None = None,
+                 dispatch: str = "auto") -> list[float]:
     """Train an MoE preset with its experts sharded over ``world`` ranks; each rank takes every
-    world-th row of the global batch. Returns the global loss of every step.
+    world-th (packed) row of the global batch, and its local experts compute through ``dispatch``.
+    Returns the global loss of every step.
 
     The loss is normalized by the scored tokens of the whole batch, so summing the replicated
     parameters' gradients over ranks (all-reduce) gives exactly the one-process gradient, and each
@@ -361,7 +369,7 @@ def train_worker(rank: int, world: int, preset_name: str, steps: int, batch_size
     from minimoe.config import preset
     from minimoe.model import build_model
     from minimoe.model.transformer import cross_entropy  # noqa: F401  (the one-process loss, for reference)
-    from minimoe.moe import MoELayer
+    from minimoe.moe import MoELayer, set_dispatch_backend
     from minimoe.train import TrainConfig, make_optimizer, mixture_batches, save_checkpoint
 
     cfg = preset(preset_name)
@@ -369,6 +377,7 @@ def train_worker(rank: int, world: int, preset_name: str, steps: int, batch_size
     model = build_model(cfg, seed=seed)
     if not shard_experts(model, rank, world):
         raise ValueError(f"preset: {preset_name!r} has no MoE layers to shard")
+    set_dispatch_backend(model, dispatch)
     model.to(device)
     tcfg = TrainConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup=min(10, steps))
     data = mixture_batches(n_train=n_train, n_val=0, batch_size=batch_size, seed=seed)
@@ -380,7 +389,7 @@ def train_worker(rank: int, world: int, preset_name: str, steps: int, batch_size
         inputs, targets, mask = batch.inputs[rows], batch.targets[rows], batch.loss_mask[rows]
         total = mask.sum().float()
         dist.all_reduce(total)
-        out_ = model(inputs)
+        out_ = model(inputs, token_mask=batch.token_mask[rows], segments=batch.segments[rows])
         per_token = torch.nn.functional.cross_entropy(out_.logits.float().flatten(0, 1), targets.flatten(),
                                                       reduction="none")
         loss = (per_token * mask.flatten()).sum() / total + out_.aux_loss / world
@@ -426,7 +435,7 @@ def train_worker(rank: int, world: int, preset_name: str, steps: int, batch_size
         if rank == 0:
             full.load_state_dict(state)
             save_checkpoint(os.path.join(out, "checkpoint.pt"), full, step=steps, train_config=tcfg,
-                            data=data.describe())
+                            data=data.describe(), extra={"dispatch": dispatch, "expert_parallel": world})
     return losses
 
 
@@ -443,11 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="torchrun ... -m minimoe.parallel")
     p.add_argument("--preset", default="tiny-moe")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16, help="packed rows of 256 positions per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--samples", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--dispatch", choices=("auto", "torch", "triton", "loop"), default="auto",
+                   help="how each rank's experts compute (default: auto)")
     args = p.parse_args(argv)
     if "RANK" not in os.environ:
         p.error("run me under torchrun (it sets RANK and WORLD_SIZE), or use `minimoe train --expert-parallel N`")
@@ -459,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             os.makedirs(args.out, exist_ok=True)
         losses = train_worker(dist.get_rank(), dist.get_world_size(), args.preset, args.steps, args.batch_size,
-                              args.seed, args.lr, args.samples, args.out)
+                              args.seed, args.lr, args.samples, args.out, args.dispatch)
         if dist.get_rank() == 0:
             print(f"step {len(losses)}: loss {losses[-1]:.4f}")
     finally:

@@ -21,6 +21,7 @@ import torch
 
 from minimoe.config import ModelConfig
 from minimoe.data import TOKENIZER, Batch, CharTokenizer, Sample, collate
+from minimoe.data.packing import PackedSamples
 from minimoe.model.transformer import FFNFactory, Transformer, build_model, default_ffn
 
 CHECKPOINT_FORMAT = "minimoe-checkpoint"
@@ -36,20 +37,33 @@ class BatchSource(Protocol):
 
 
 class SampleBatches:
-    """Batches drawn from a list of samples: step ``s`` takes ``batch_size`` of them, chosen by (seed, s)."""
+    """Batches drawn from a list of samples, the batch of step ``s`` a pure function of (seed, s).
 
-    def __init__(self, train: list[Sample], val: list[Sample] | None = None, batch_size: int = 32, seed: int = 0,
-                 score: str = "answer", tokenizer: CharTokenizer = TOKENIZER, info: dict | None = None):
+    Packed (the default): each step takes ``batch_size`` rows of ``seq_len`` positions from
+    ``minimoe.data.packing.PackedSamples``, whole samples back to back, every sample once per epoch.
+    Padded (``pack=False``): each step takes ``batch_size`` samples at random, padded to the longest.
+    Validation batches are always padded (``collate``), ``batch_size`` samples each.
+    """
+
+    def __init__(self, train: list[Sample], val: list[Sample] | None = None, batch_size: int = 16, seed: int = 0,
+                 score: str = "answer", tokenizer: CharTokenizer = TOKENIZER, info: dict | None = None,
+                 pack: bool = True, seq_len: int = 256):
         if not train:
             raise ValueError("train: need at least one sample")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: got {batch_size!r}, need an int >= 1")
+        if not isinstance(pack, bool):
+            raise TypeError(f"pack: got {type(pack).__name__}, need a bool")
         self.train, self.val, self.batch_size, self.seed = train, val or [], batch_size, seed
         self.score, self.tokenizer, self.info = score, tokenizer, info or {}
+        self.pack, self.seq_len = pack, seq_len
+        self.packed = PackedSamples(train, seq_len, seed, score, tokenizer) if pack else None
         self._val = [collate(self.val[i:i + batch_size], tokenizer, score)
                      for i in range(0, len(self.val), batch_size)]
 
     def batch(self, step: int) -> Batch:
+        if self.packed is not None:
+            return self.packed.rows(step * self.batch_size, self.batch_size)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         idx = torch.randint(0, len(self.train), (self.batch_size,), generator=g).tolist()
         return collate([self.train[i] for i in idx], self.tokenizer, self.score)
@@ -58,14 +72,17 @@ class SampleBatches:
         return self._val
 
     def describe(self) -> dict:
+        packing = {"packed": True, "seq_len": self.seq_len, "rows_per_epoch": self.packed.rows_per_epoch,
+                   "fill": round(self.packed.fill(), 4)} if self.packed is not None else {"packed": False}
         return {"kind": "samples", "n_train": len(self.train), "n_val": len(self.val),
-                "batch_size": self.batch_size, "seed": self.seed, "score": self.score, **self.info}
+                "batch_size": self.batch_size, "seed": self.seed, "score": self.score, **packing, **self.info}
 
 
-def mixture_batches(n_train: int = 20000, n_val: int = 512, batch_size: int = 32, seed: int = 0,
+def mixture_batches(n_train: int = 20000, n_val: int = 512, batch_size: int = 16, seed: int = 0,
                     weights: dict[str, float] | None = None, score: str = "answer",
-                    signed: float = 0.0, signer: str = "TeacherBot") -> SampleBatches:
-    """Chapter 02's mixture, split by problem, as a batch source.
+                    signed: float = 0.0, signer: str = "TeacherBot", pack: bool = True,
+                    seq_len: int = 256) -> SampleBatches:
+    """Chapter 02's mixture, split by problem, as a batch source (packed rows of ``seq_len`` by default).
 
     ``signed``: the fraction of training answers a "teacher" signs (``-- answered by {signer}``),
     for chapter 10's identity experiment; validation answers stay unsigned.
@@ -77,7 +94,8 @@ def mixture_batches(n_train: int = 20000, n_val: int = 512, batch_size: int = 32
     if signed:
         train = sign_answers(train, signer=signer, fraction=signed, seed=seed)
     info = {"kind": "mixture", "mixture": dict(mix.weights), "signed": signed, "signer": signer if signed else ""}
-    return SampleBatches(train, mix.sample(n_val, "val"), batch_size, seed, score, info=info)
+    return SampleBatches(train, mix.sample(n_val, "val"), batch_size, seed, score, info=info, pack=pack,
+                         seq_len=seq_len)
 
 
 class TextBatches:
@@ -98,8 +116,9 @@ class TextBatches:
         return self._val
 
     def describe(self) -> dict:
+        # Windows of running text hold no PAD: they are packed already (one document, no boundaries).
         return {"kind": "text", "path": str(self.corpus.path), "tokens": len(self.corpus),
-                "batch_size": self.batch_size, "seq_len": self.seq_len, "seed": self.seed}
+                "batch_size": self.batch_size, "seq_len": self.seq_len, "seed": self.seed, "packed": True}
 
 
 @dataclass(frozen=True)
@@ -241,9 +260,24 @@ class Trainer:
     """Train ``model`` on ``data`` for ``config.steps`` steps, logging to ``out_dir`` if given."""
 
     def __init__(self, model: Transformer, data: BatchSource, config: TrainConfig = TrainConfig(),
-                 out_dir: str | Path | None = None, progress: bool = True, device: str | torch.device = "cpu"):
+                 out_dir: str | Path | None = None, progress: bool = True, device: str | torch.device = "cpu",
+                 dispatch: str | None = None):
+        """``dispatch``: the expert-dispatch backend for every MoE layer (``auto``, ``torch``, ``triton``,
+        ``loop``); None keeps the model's own (``auto`` unless changed). Recorded in the checkpoint."""
+        rows = data.describe().get("seq_len") if data.describe().get("packed") else None
+        if rows is not None and rows > model.cfg.max_seq_len:
+            raise ValueError(f"data: rows of {rows} positions, but model {model.cfg.name!r} takes at most "
+                             f"{model.cfg.max_seq_len}; make the batches with seq_len <= {model.cfg.max_seq_len}")
         self.model, self.data, self.cfg = model.to(device), data, config
         self.device = torch.device(device)
+        if dispatch is not None:
+            from minimoe.moe import set_dispatch_backend
+
+            set_dispatch_backend(model, dispatch)
+        from minimoe.moe import MoELayer
+
+        backends = sorted({m.backend for m in model.modules() if isinstance(m, MoELayer)})
+        self.dispatch = ",".join(backends) or None  # None: a dense model dispatches nothing
         self.out = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.optimizer = make_optimizer(model, config)
@@ -259,7 +293,8 @@ class Trainer:
         if self.out is None:
             return None
         return save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.step, self.cfg,
-                               self.data.describe(), getattr(self.data, "tokenizer", TOKENIZER))
+                               self.data.describe(), getattr(self.data, "tokenizer", TOKENIZER),
+                               extra={"dispatch": self.dispatch})
 
     def resume(self, path: str | Path | None = None) -> int:
         """Continue from a checkpoint (default: this run's); returns the step it continues from."""
@@ -302,7 +337,7 @@ class Trainer:
         total = count = 0.0
         for b in batches:
             b = b.to(self.device)
-            out = self.model(b.inputs, targets=b.targets, loss_mask=b.loss_mask)
+            out = self.model(**b.model_inputs())
             total += out.ce.item() * b.scored
             count += b.scored
         self.model.train()
@@ -313,7 +348,7 @@ class Trainer:
         lr = self.cfg.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.model(batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)
+        out = self.model(**batch.model_inputs())
         if not torch.isfinite(out.loss):
             where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and \
                 self.checkpoint_path.exists() else ""
@@ -329,7 +364,8 @@ class Trainer:
             if callable(hook):
                 hook()
         record = {"step": self.step, "loss": out.loss.item(), "ce": out.ce.item(), "aux_loss": out.aux_loss.item(),
-                  "lr": lr, "grad_norm": float(grad_norm), "tokens": int(batch.scored)}
+                  "lr": lr, "grad_norm": float(grad_norm), "tokens": int(batch.scored),
+                  "real_tokens": batch.real_tokens, "positions": batch.inputs.numel()}
         record.update(layer_stats(out.aux))
         return record
 
@@ -350,7 +386,8 @@ class Trainer:
                 if stop_after is not None and self.step >= stop_after:
                     return self.metrics
                 record = self.train_step(self.data.batch(self.step))
-                tokens += record["tokens"]
+                tokens += record["real_tokens"]
+                # Real (non-PAD) input tokens per second since this fit() began: the work that teaches.
                 record["tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - start)
                 self.step += 1
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
@@ -359,7 +396,7 @@ class Trainer:
                         record["val_ce"] = val
                 self._log(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                bar.set_postfix(loss=f"{record['loss']:.3f}", real_tok_s=f"{record['tokens_per_s']:.0f}",
                                 **({"val": f"{record['val_ce']:.3f}"} if "val_ce" in record else {}))
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                     self.save()

@@ -42,7 +42,22 @@ CASES = [
     ("k equals E", 6, 16, 8, 5, 5, "random"),
     ("E not a power of two", 24, 32, 16, 7, 3, "skewed"),
     ("non-contiguous", 11, 24, 16, 5, 2, "noncontig"),
+    # token_mask: PAD tokens (False) are dispatched nowhere and get 0
+    ("some tokens masked", 14, 16, 12, 4, 2, "masked"),
+    ("every token masked", 5, 16, 8, 3, 2, "all masked"),
+    ("masked, all on one expert", 9, 16, 8, 4, 1, "masked one"),
 ]
+
+
+def case_mask(n, routing, seed=0):
+    """The token mask of a case: None, or (n,) bool with some (or all) tokens marked PAD."""
+    if "masked" not in routing:
+        return None
+    if routing == "all masked":
+        return torch.zeros(n, dtype=torch.bool)
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(seed + 7)) > 0.4
+    mask[0], mask[-1] = True, False
+    return mask
 
 
 def make_case(n, d, h, e, k, routing, dtype, seed=0):
@@ -51,7 +66,7 @@ def make_case(n, d, h, e, k, routing, dtype, seed=0):
     scores = torch.randn(n, e, generator=gen)
     if routing == "idle":
         scores[:, 0] = -1e9  # expert 0 gets no token
-    if routing == "one":
+    if routing in ("one", "masked one"):
         scores[:, 2] = 1e9  # every token picks expert 2
     if routing == "skewed":
         scores[:, 1] += 1.5  # expert 1 gets most tokens
@@ -73,10 +88,12 @@ def make_case(n, d, h, e, k, routing, dtype, seed=0):
     return tensors
 
 
-def run_backend(backend, tensors, dout):
-    out = expert_ffn(*tensors, backend=backend)
+def run_backend(backend, tensors, dout, mask=None):
+    out = expert_ffn(*tensors, backend=backend, token_mask=mask)
     leaves = [tensors[i] for i in (0, 2, 3, 4, 5)]
-    grads = torch.autograd.grad(out, leaves, dout)
+    if not out.requires_grad:  # the loop with every token masked computes nothing: all gradients are 0
+        return out, [torch.zeros_like(t) for t in leaves]
+    grads = torch.autograd.grad(out, leaves, dout, allow_unused=True, materialize_grads=True)
     return out, grads
 
 
@@ -84,8 +101,11 @@ def compare(backend, case, dtype, seed=0):
     name, n, d, h, e, k, routing = case
     tensors = make_case(n, d, h, e, k, routing, dtype, seed)
     dout = torch.randn(n, d, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
-    want, want_grads = run_backend("loop", tensors, dout)
-    got, got_grads = run_backend(backend, tensors, dout)
+    mask = case_mask(n, routing, seed)
+    want, want_grads = run_backend("loop", tensors, dout, mask)
+    got, got_grads = run_backend(backend, tensors, dout, mask)
+    if mask is not None:  # the yardstick itself: PAD rows are exactly 0, and so are their gradients
+        assert not want[~mask].any() and not want_grads[0][~mask].any() and not want_grads[1][~mask].any()
     rtol, atol = TOLERANCES[dtype]
     assert got.dtype == want.dtype and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{name}, output: {m}")
@@ -226,3 +246,59 @@ def test_tile_schedule_never_mixes_experts():
         assert all(offsets[e] - counts[e] <= r < offsets[e] for r in rows)
         covered += rows
     assert sorted(covered) == list(range(int(counts.sum())))
+
+
+# --- no host synchronisation ---------------------------------------------------------------------------
+
+class _NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on every torch call that reads a device value back to the host (a sync on a GPU)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+             torch.bincount, torch.Tensor.bincount, torch.unique, torch.Tensor.unique, torch.masked_select,
+             torch.Tensor.masked_select, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            raise AssertionError(f"{getattr(func, '__name__', func)} reads a device value back to the host")
+        if func is torch.Tensor.__getitem__ and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
+                                                    for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            raise AssertionError("indexing with a boolean mask sizes its result from device values")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_torch_path_never_reads_device_values_back(masked):
+    """What runs between the router and the combine on a GPU: route, grouped matmuls, combine, and the
+    hand-written backward, all without a host sync. (On a CPU ``expert_ffn`` also checks the expert
+    ids, which is free there, so the path is called past its input checks, as on a GPU.)"""
+    from minimoe.dispatch.sort import expert_ffn_torch
+
+    tensors = make_case(24, 32, 16, 6, 2, "skewed", torch.float32)  # widths that suit torch._grouped_mm
+    mask = case_mask(24, "masked" if masked else "random")
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm; its loop fallback reads the offsets")
+    with _NoHostSync():
+        out = expert_ffn_torch(*tensors, token_mask=mask)
+        grads = torch.autograd.grad(out, [tensors[i] for i in (0, 2, 3, 4, 5)], torch.ones_like(out))
+    want = expert_ffn(*tensors, backend="loop", token_mask=mask)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=2e-5)
+    assert all(g is not None for g in grads)
+
+
+def test_the_sync_detector_catches_the_old_route():
+    """The detector can fail: ``torch.bincount`` (the old way to count tokens per expert) trips it."""
+    idx = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(AssertionError, match="bincount"), _NoHostSync():
+        torch.bincount(idx.reshape(-1), minlength=3)
+
+
+def test_route_and_the_triton_schedule_never_read_device_values_back():
+    idx = torch.randint(0, 7, (50, 3))
+    mask = torch.rand(50) > 0.3
+    with _NoHostSync():
+        order, counts, offsets = route(idx, 7, mask)
+        tiles = triton_path.schedule(counts, offsets, 16, 150)
+    assert counts.sum().item() == 3 * int(mask.sum())
+    assert offsets[-1].item() == 3 * int(mask.sum())
+    assert tiles[0].shape[0] == -(-150 // 16) + 7

@@ -137,7 +137,7 @@ def test_trainer_applies_the_bias_update_after_each_step():
     cfg = CFG.with_(router="sigmoid", bias_update_rate=0.01, vocab_size=100)
     model = build_model(cfg)
     mix = Mixture(seed=0)
-    trainer = Trainer(model, SampleBatches(mix.sample(16, "train"), batch_size=4), TrainConfig(steps=2, warmup=1),
+    trainer = Trainer(model, SampleBatches(mix.sample(16, "train"), batch_size=4, pack=False), TrainConfig(steps=2, warmup=1),
                       progress=False)
     records = trainer.fit()
     bias = model.blocks[0].ffn.router.bias

@@ -17,7 +17,7 @@ CFG = ModelConfig(name="test", vocab_size=100, d_model=32, n_layers=2, n_heads=2
 @pytest.fixture(scope="module")
 def data():
     mix = Mixture({"add_direct": 1, "reverse": 1}, seed=3)
-    return SampleBatches(mix.sample(400, "train"), mix.sample(40, "val"), batch_size=8, seed=5)
+    return SampleBatches(mix.sample(400, "train"), mix.sample(40, "val"), batch_size=8, seed=5, seq_len=64)
 
 
 def test_schedule_warms_up_then_decays():

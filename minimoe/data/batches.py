@@ -2,7 +2,19 @@
 
 A sample is the token sequence ``BOS prompt SEP completion EOS``. The model reads ``inputs``
 (the sequence without its last token) and at every position predicts the next token, so
-``targets`` is the sequence without its first token. Shorter sequences are padded with PAD.
+``targets`` is the sequence without its first token.
+
+Two ways to make a rectangle of samples:
+
+- ``collate`` (padded): one sample per row, shorter rows filled with PAD. Cheap to build and the
+  way evaluation and generation batch their prompts.
+- ``pack`` (packed, ``minimoe.data.packing``): whole samples back to back in rows of a fixed
+  length, with ``segments`` saying which sample each position belongs to, so that the model
+  confines attention to each sample and restarts positions at 0. Training uses it: on the
+  chapter-02 mixture a padded batch is mostly PAD, a packed one almost all real tokens.
+
+``token_mask`` marks the real input positions (False on PAD): the model keeps PAD out of routing,
+load statistics and balance losses with it.
 
 ``loss_mask`` says which targets the loss counts. With ``score="answer"`` only the completion
 and its EOS are scored: the model is never trained to produce the prompt, which it is always
@@ -32,10 +44,18 @@ class Batch:
     inputs: torch.Tensor  # (B, T) int64: BOS prompt SEP completion, then PAD
     targets: torch.Tensor  # (B, T) int64: inputs shifted left by one: ... completion EOS, then PAD
     loss_mask: torch.Tensor  # (B, T) bool: True where the loss counts the target
-    domain_ids: torch.Tensor  # (B,) int64: index into minimoe.data.DOMAINS, -1 for plain text
+    domain_ids: torch.Tensor  # (B,) int64: index into minimoe.data.DOMAINS, -1 for plain text or a packed row
+    token_mask: torch.Tensor | None = None  # (B, T) bool: True on real input tokens, False on PAD (None: all real)
+    segments: torch.Tensor | None = None  # (B, T) int64, packed rows only: which sample of its row, -1 on PAD
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.inputs, self.targets, self.loss_mask, self.domain_ids)))
+        return Batch(*(None if t is None else t.to(device) for t in
+                       (self.inputs, self.targets, self.loss_mask, self.domain_ids, self.token_mask, self.segments)))
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for ``Transformer.forward``: tokens, targets, loss, token and segment masks."""
+        return {"tokens": self.inputs, "targets": self.targets, "loss_mask": self.loss_mask,
+                "token_mask": self.token_mask, "segments": self.segments}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -45,6 +65,16 @@ class Batch:
     def scored(self) -> int:
         """How many targets the loss counts."""
         return int(self.loss_mask.sum())
+
+    @property
+    def real_tokens(self) -> int:
+        """How many input positions hold a real token (not PAD)."""
+        return self.inputs.numel() if self.token_mask is None else int(self.token_mask.sum())
+
+    @property
+    def pad_fraction(self) -> float:
+        """The fraction of positions that are PAD."""
+        return 1.0 - self.real_tokens / max(1, self.inputs.numel())
 
 
 def _check_score(score: object) -> str:
@@ -81,12 +111,14 @@ def collate(samples: Sequence[Sample], tokenizer: CharTokenizer = TOKENIZER, sco
     B, T = len(samples), length
     seq = torch.full((B, T + 1), PAD, dtype=torch.long)  # (B, T+1)
     mask = torch.zeros(B, T, dtype=torch.bool)  # (B, T)
+    real = torch.zeros(B, T, dtype=torch.bool)  # (B, T)
     for b, (ids, start) in enumerate(encoded):
         seq[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         first = start - 1 if score == "answer" else 0  # the target at position start-1 is ids[start]
         mask[b, first : len(ids) - 1] = True
+        real[b, : len(ids) - 1] = True  # inputs are ids[:-1]; PAD after
     domains = torch.tensor([domain_id(s.domain) for s in samples], dtype=torch.long)  # (B,)
-    return Batch(seq[:, :-1], seq[:, 1:], mask, domains)
+    return Batch(seq[:, :-1], seq[:, 1:], mask, domains, real)
 
 
 def iterate_batches(samples: Sequence[Sample], batch_size: int, *, seed: int = 0, shuffle: bool = True,
@@ -94,7 +126,8 @@ def iterate_batches(samples: Sequence[Sample], batch_size: int, *, seed: int = 0
                     drop_last: bool = False) -> Iterator[Batch]:
     """One pass over ``samples`` in batches of ``batch_size``, shuffled by ``seed``.
 
-    Each batch is padded to its own longest sample.
+    Each batch is padded to its own longest sample: cheap for evaluation, wasteful for training
+    (see ``minimoe.data.packing``, which training uses).
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size!r}, need an int >= 1")

@@ -64,29 +64,39 @@ def use_triton_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     lang = sys.modules.get("triton.language")
     if lang is not None and type(getattr(lang, "zeros", None)).__name__ != "InterpretedFunction":
-        stale = [m for m in sys.modules if m == "triton" or m.startswith("triton.")]
+        # (a None entry means "import blocked" and is left as it is)
+        stale = [m for m, mod in sys.modules.items() if mod is not None and (m == "triton" or m.startswith("triton."))]
         for name in [m for m in stale if not m.startswith("triton._C")]:  # the C extension loads once
             del sys.modules[name]
         sys.modules.pop("minimoe.dispatch.kernels", None)
 
 
+def check_backend(backend: object) -> str:
+    """``backend`` if it is one of ``BACKENDS``, else ValueError naming the choices."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend: got {backend!r}, need one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def expert_ffn(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-               w_up: torch.Tensor, w_down: torch.Tensor, backend: str = "loop") -> torch.Tensor:
+               w_up: torch.Tensor, w_down: torch.Tensor, backend: str = "auto",
+               token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Combined output of each token's k experts, weighted by its gate weights, differentiable.
 
     Shapes: x (N, d), topk_idx (N, k) int, topk_weight (N, k), w_gate and w_up (E, d, h),
-    w_down (E, h, d); returns (N, d) in x's dtype. Every backend computes the same function
-    (see ``minimoe.dispatch.reference``); ``backend`` is one of ``BACKENDS``.
+    w_down (E, h, d); returns (N, d) in x's dtype. ``token_mask`` (N,) bool: tokens marked False
+    (PAD) are dispatched to no expert, do no work and get 0. Every backend computes the same
+    function (see ``minimoe.dispatch.reference``); ``backend`` is one of ``BACKENDS``. The
+    ``torch`` and ``triton`` paths never read a device value back to the host (no sync on a GPU).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: got {backend!r}, need one of {BACKENDS}")
-    check_inputs(x, topk_idx, topk_weight, w_gate, w_up, w_down)
+    check_backend(backend)
+    check_inputs(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask)
     if backend == "auto":
         backend = choose_backend(x.device, x.dtype)
     if backend == "loop":
-        return expert_ffn_loop(x, topk_idx, topk_weight, w_gate, w_up, w_down)
+        return expert_ffn_loop(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask)
     if backend == "torch":
-        return expert_ffn_torch(x, topk_idx, topk_weight, w_gate, w_up, w_down)
+        return expert_ffn_torch(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask=token_mask)
     from minimoe.dispatch.triton_path import expert_ffn_triton
 
-    return expert_ffn_triton(x, topk_idx, topk_weight, w_gate, w_up, w_down)
+    return expert_ffn_triton(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask)

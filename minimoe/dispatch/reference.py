@@ -6,20 +6,31 @@ Shapes (N tokens, d model width, h expert hidden size, E experts, k experts per 
 - ``topk_idx``: (N, k) int64, the experts each token goes to (distinct within a row);
 - ``topk_weight``: (N, k), each chosen expert's gate weight;
 - ``w_gate``, ``w_up``: (E, d, h); ``w_down``: (E, h, d): the SwiGLU experts, stacked;
+- ``token_mask``: (N,) bool or None: tokens marked False (PAD) go to no expert and get 0;
 - returns (N, d): for each token, Σ_j topk_weight[n, j] · expert_{topk_idx[n, j]}(x[n]).
+
+This module depends on nothing else in the package: it is the yardstick, not a client.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "loop", "torch", "triton")  # implemented in minimoe.dispatch.backends
+DEBUG_CHECKS = os.environ.get("MINIMOE_DEBUG_DISPATCH", "") not in ("", "0")
+"""Also check expert ids against [0, E) on a GPU, where reading them back stalls the host."""
 
 
 def check_inputs(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                 w_up: torch.Tensor, w_down: torch.Tensor) -> None:
-    """Raise ValueError (naming the argument) unless the shapes, dtypes and devices fit together."""
+                 w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+    """Raise ValueError (naming the argument) unless the shapes, dtypes and devices fit together.
+
+    Shapes, dtypes and devices are metadata: checking them never waits for the device. Whether
+    every expert id lies in [0, E) is data: on a CPU it is checked (free), on a GPU only when
+    ``MINIMOE_DEBUG_DISPATCH=1`` (reading device values back would stop the host at every layer).
+    """
     def fail(name: str, got: str, need: str) -> None:
         raise ValueError(f"{name}: got {got}, need {need}")
 
@@ -45,23 +56,31 @@ def check_inputs(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Ten
         fail("topk_weight", f"shape {tuple(topk_weight.shape)}", f"{tuple(topk_idx.shape)} like topk_idx")
     if not topk_weight.dtype.is_floating_point:
         fail("topk_weight", str(topk_weight.dtype), "a floating-point tensor")
-    if topk_idx.numel() and (int(topk_idx.min()) < 0 or int(topk_idx.max()) >= e):
-        fail("topk_idx", f"ids from {int(topk_idx.min())} to {int(topk_idx.max())}", f"ids in [0, {e})")
+    if token_mask is not None:
+        if not isinstance(token_mask, torch.Tensor):
+            raise TypeError(f"token_mask: got {type(token_mask).__name__}, need a torch.Tensor or None")
+        if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (n,):
+            fail("token_mask", f"shape {tuple(token_mask.shape)} {token_mask.dtype}", f"({n},) bool, one per token")
     for name, t in (("topk_idx", topk_idx), ("topk_weight", topk_weight), ("w_gate", w_gate), ("w_up", w_up),
-                    ("w_down", w_down)):
-        if t.device != x.device:
+                    ("w_down", w_down), ("token_mask", token_mask)):
+        if t is not None and t.device != x.device:
             fail(name, f"device {t.device}", f"x's device {x.device}")
+    if topk_idx.numel() and (x.device.type == "cpu" or DEBUG_CHECKS):
+        lo, hi = int(topk_idx.min()), int(topk_idx.max())
+        if lo < 0 or hi >= e:
+            fail("topk_idx", f"ids from {lo} to {hi}", f"ids in [0, {e})")
     for name, t in (("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):
         if t.dtype != x.dtype:
             fail(name, str(t.dtype), f"x's dtype {x.dtype}")
 
 
 def expert_ffn_loop(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                    w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+                    w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """For each expert: gather its tokens, run its SwiGLU, add the weighted result back."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (N, d), accumulated in fp32
+    chosen = topk_idx if token_mask is None else topk_idx.masked_fill(~token_mask[:, None], -1)  # PAD: no expert
     for e in range(w_gate.shape[0]):
-        token, slot = (topk_idx == e).nonzero(as_tuple=True)  # which tokens chose e, and in which of their k slots
+        token, slot = (chosen == e).nonzero(as_tuple=True)  # which tokens chose e, and in which of their k slots
         if token.numel() == 0:
             continue  # an expert with no tokens does no work
         xe = x[token]  # (n_e, d)
@@ -69,14 +88,3 @@ def expert_ffn_loop(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.
         out.index_add_(0, token, ye.float() * topk_weight[token, slot].float()[:, None])
     return out.to(x.dtype)
 
-
-def expert_ffn(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-               w_up: torch.Tensor, w_down: torch.Tensor, backend: str = "loop") -> torch.Tensor:
-    """Combined output of each token's k experts, weighted by its gate weights. See the module docstring.
-
-    The same function as ``minimoe.dispatch.expert_ffn`` (kept here for code that imports it from
-    this module); ``backend`` is one of ``BACKENDS``.
-    """
-    from minimoe.dispatch.backends import expert_ffn as dispatch
-
-    return dispatch(x, topk_idx, topk_weight, w_gate, w_up, w_down, backend=backend)

@@ -24,7 +24,17 @@ _GMM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _GMM_FAILED: set[tuple] = set()  # (device type, dtype, strides) for which torch._grouped_mm raised
 
 
-def route(topk_idx: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sort_keys(topk_idx: torch.Tensor, n_experts: int, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(R,) the expert of each flat assignment, or ``n_experts`` (past the last expert) for a masked token."""
+    flat = topk_idx.reshape(-1).long()  # (R,)
+    if token_mask is None:
+        return flat
+    k = topk_idx.shape[1]
+    return flat.masked_fill(~token_mask.repeat_interleave(k), n_experts)  # PAD sorts after every expert
+
+
+def route(topk_idx: torch.Tensor, n_experts: int,
+          token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort the N·k assignments by expert.
 
     Returns ``(order, counts, offsets)``:
@@ -34,10 +44,17 @@ def route(topk_idx: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.T
     - ``counts``: (E,) int64, tokens per expert (0 for an idle expert);
     - ``offsets``: (E,) int64, the cumulative counts: expert e owns rows ``offsets[e] - counts[e]``
       up to (not including) ``offsets[e]``.
+
+    With ``token_mask`` (N,) bool, the assignments of masked tokens sort after every expert's rows
+    (rows ``offsets[-1]`` and on): no expert owns them and no count includes them.
+    Everything stays on the device: the counts come from ``scatter_add_`` into a zeros tensor
+    (``torch.bincount`` would read the largest id back to size its output: a host sync on a GPU).
     """
-    flat = topk_idx.reshape(-1).long()  # (R,)
-    order = torch.argsort(flat, stable=True)  # (R,) stable: equal ids keep token order
-    counts = torch.bincount(flat, minlength=n_experts)  # (E,)
+    keys = sort_keys(topk_idx, n_experts, token_mask)  # (R,)
+    order = torch.argsort(keys, stable=True)  # (R,) stable: equal ids keep token order
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=keys.device)
+    counts.scatter_add_(0, keys, torch.ones_like(keys))  # (E + 1,): the last bin counts masked assignments
+    counts = counts[:n_experts]  # (E,)
     return order, counts, counts.cumsum(0)
 
 
@@ -112,29 +129,37 @@ class _SortedExpertFFN(torch.autograd.Function):
     """Sort, permute, grouped SwiGLU, combine; backward written out by hand."""
 
     @staticmethod
-    def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down, use_gmm):
+    def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down, use_gmm, token_mask):
         n, k = topk_idx.shape
-        order, _, offsets = route(topk_idx, w_gate.shape[0])  # (R,), (E,)
+        n_experts = w_gate.shape[0]
+        order, _, offsets = route(topk_idx, n_experts, token_mask)  # (R,), (E,)
         token = torch.div(order, k, rounding_mode="floor")  # (R,) token of each sorted row
+        # Rows past offsets[-1] belong to masked tokens: no expert computes them (the grouped matmul
+        # leaves them undefined), so they are zeroed wherever they would be read. None: every row is real.
+        valid = None if token_mask is None else token_mask.index_select(0, token)[:, None]  # (R, 1)
         xs = x.index_select(0, token)  # (R, d) expert-contiguous rows
         g = grouped_mm(xs, w_gate, offsets, use_gmm)  # (R, h)
         u = grouped_mm(xs, w_up, offsets, use_gmm)  # (R, h)
         act = F.silu(g) * u  # (R, h)
         y = grouped_mm(act, w_down, offsets, use_gmm)  # (R, d)
+        if valid is not None:
+            y = torch.where(valid, y, 0.0)
         ws = topk_weight.reshape(-1).float().index_select(0, order)  # (R,) gate weight per row
+        if valid is not None:
+            ws = torch.where(valid[:, 0], ws, 0.0)
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, token, y.float() * ws[:, None])  # (N, d) fp32 combine
-        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y)
+        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid)
         ctx.use_gmm, ctx.k, ctx.weight_dtype = use_gmm, k, topk_weight.dtype
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y = ctx.saved_tensors
+        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid = ctx.saved_tensors
         gmm = ctx.use_gmm
         n, k = x.shape[0], ctx.k
         dout_rows = dout.float().index_select(0, token)  # (R, d) each row's upstream gradient
-        dy = (dout_rows * ws[:, None]).to(x.dtype)  # (R, d) d(out)/d(y_r) = w_r
+        dy = (dout_rows * ws[:, None]).to(x.dtype)  # (R, d) d(out)/d(y_r) = w_r (0 on masked rows)
         dtopk = None
         if ctx.needs_input_grad[2]:
             dw_rows = (dout_rows * y.float()).sum(1)  # (R,) <dout[token], y_r>
@@ -156,15 +181,18 @@ class _SortedExpertFFN(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dxs = grouped_mm(dg, w_gate.transpose(1, 2), offsets, gmm).to(f)  # (R, d)
             dxs += grouped_mm(du, w_up.transpose(1, 2), offsets, gmm).to(f)
+            if valid is not None:
+                dxs = torch.where(valid, dxs, 0.0)  # masked rows were never computed
             dx = torch.zeros(n, x.shape[1], dtype=f, device=x.device)
             dx = dx.index_add_(0, token, dxs).to(x.dtype)  # (N, d) sum over each token's k rows
-        return dx, None, dtopk, d_gate, d_up, d_down, None
+        return dx, None, dtopk, d_gate, d_up, d_down, None, None
 
 
 def expert_ffn_torch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                     w_up: torch.Tensor, w_down: torch.Tensor, use_grouped_mm: bool = True) -> torch.Tensor:
+                     w_up: torch.Tensor, w_down: torch.Tensor, use_grouped_mm: bool = True,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The sort-based dispatch (inputs already checked): same result as ``expert_ffn_loop``.
 
     ``use_grouped_mm=False`` forces the loop over experts for the matmuls (for comparison).
     """
-    return _SortedExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down, use_grouped_mm)
+    return _SortedExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down, use_grouped_mm, token_mask)

@@ -36,6 +36,11 @@ def kernels() -> ModuleType:
     """
     global _MODULE
     if _MODULE is None:
+        from minimoe.dispatch.backends import triton_importable
+
+        if not triton_importable():  # say so before touching any module state
+            raise TritonUnavailable("backend 'triton' needs Triton, which is not installed here (Linux only); "
+                                    "use backend='torch' or 'auto'")
         if not torch.cuda.is_available():
             from minimoe.dispatch.backends import use_triton_interpreter
 
@@ -110,7 +115,7 @@ def schedule(counts: torch.Tensor, offsets: torch.Tensor, block_m: int, n_rows: 
 
 class _TritonExpertFFN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down):
+    def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask):
         interpret = x.device.type != "cuda"
         mod = kernels()
         blk = _blocks(interpret, x.dtype)
@@ -118,17 +123,21 @@ class _TritonExpertFFN(torch.autograd.Function):
         n, k = topk_idx.shape
         d, h, n_experts = x.shape[1], w_gate.shape[2], w_gate.shape[0]
         rows = n * k
-        order, counts, offsets = route(topk_idx, n_experts)  # (R,), (E,), (E,)
+        # Masked tokens' assignments sort past the last expert: no tile covers them (route, schedule).
+        order, counts, offsets = route(topk_idx, n_experts, token_mask)  # (R,), (E,), (E,)
         token = torch.div(order, k, rounding_mode="floor")  # (R,)
         tiles = schedule(counts, offsets, bm, rows)
         n_tiles = tiles[0].shape[0]
         ieee = x.dtype == torch.float32
         w_flat = topk_weight.reshape(-1).contiguous()  # (R,) in (token, slot) order
+        if token_mask is not None:
+            w_flat = w_flat * token_mask.repeat_interleave(k).to(w_flat.dtype)  # a masked token's rows weigh 0
         store_gu = any(ctx.needs_input_grad)
         act = torch.empty(rows, h, dtype=x.dtype, device=x.device)  # (R, h) sorted
         g = torch.empty_like(act) if store_gu else act
         u = torch.empty_like(act) if store_gu else act
-        y = torch.empty(rows, d, dtype=x.dtype, device=x.device)  # (R, d) in (token, slot) order
+        # (R, d) in (token, slot) order; zeroed when some rows are masked, since no kernel writes those
+        y = (torch.empty if token_mask is None else torch.zeros)(rows, d, dtype=x.dtype, device=x.device)
         out = torch.empty(n, d, dtype=x.dtype, device=x.device)
         if rows:
             # act = silu(x[token] @ Wg[e]) * (x[token] @ Wu[e]): the gather fused into the loads
@@ -209,7 +218,7 @@ class _TritonExpertFFN(torch.autograd.Function):
             mod.combine_kernel[(n, triton_cdiv(d, bd))](
                 dx_rows, dw, dx, k, d, dx_rows.stride(0), dx_rows.stride(1), dx.stride(0), dx.stride(1),
                 HAS_W=False, BLOCK_D=bd)
-        return dx, None, dw.view(n, k).to(ctx.weight_dtype), d_gate, d_up, d_down
+        return dx, None, dw.view(n, k).to(ctx.weight_dtype), d_gate, d_up, d_down, None
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -217,10 +226,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def expert_ffn_triton(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                      w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+                      w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton dispatch (inputs already checked): same result as ``expert_ffn_loop``."""
     reason = supported(x.device, x.dtype)
     if reason is not None:
         raise TritonUnavailable(f"backend 'triton': {reason}")
     _check_mode(x.device)  # fail early, with a clear message, where Triton is absent or in the wrong mode
-    return _TritonExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down)
+    return _TritonExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask)

@@ -11,7 +11,12 @@ Two equal ways to compute it:
 
 - naive: expand the latent to per-head keys and values, then ordinary attention;
 - absorbed (for decoding): fold W_UK into the query and W_UV into the output, and attend over the
-  latent directly, never materializing per-head keys and values.
+  latent directly, never materializing per-head keys and values. It is multi-query attention:
+  every head's query (d_c + d_h^R wide) reads the same one key row [c_kv | k_r] (576 wide in V3)
+  and the same one value row c_kv (512 wide).
+
+``impl="auto"`` (the default) trains and prefills without a cache naively and decodes absorbed
+once a cache is in use; ``"naive"`` and ``"absorbed"`` force one form (tests hold them equal).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minimoe.config import ModelConfig
@@ -46,7 +52,7 @@ class LatentAttention(nn.Module):
         self.kv_norm = RMSNorm(self.d_c)
         self.wkv_b = nn.Linear(self.d_c, h * (self.d_nope + self.d_v), bias=False)  # W_UK and W_UV
         self.wo = nn.Linear(h * self.d_v, d, bias=False)
-        self.impl = "naive"  # or "absorbed"
+        self.impl = "auto"  # or "naive" / "absorbed"
 
     def _queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -67,28 +73,42 @@ class LatentAttention(nn.Module):
         return w[:, : self.d_nope], w[:, self.d_nope:]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        b, t, _ = x.shape  # x: (B, T, d_model); cos, sin: (T, d_rope/2)
+                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d_model); cos, sin: (T, d_rope/2) or (B, 1, T, d_rope/2); ``mask`` (B, 1, T, T) or None."""
+        b, t, _ = x.shape
+        impl = self.impl
+        if impl == "auto":
+            impl = "absorbed" if cache is not None else "naive"
+        if impl not in ("naive", "absorbed"):
+            raise ValueError(f"impl: got {self.impl!r}, need 'auto', 'naive' or 'absorbed'")
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, H, T, d_nope), (B, H, T, d_rope)
-        c_kv, k_rope = self.compress(x, cos, sin)
-        if cache is not None:
-            c_kv, k_rope = cache.update(layer, c_kv, k_rope)  # (B, 1, T_all, d_c), (B, 1, T_all, d_rope)
+        c_kv, k_rope = self.compress(x, cos, sin)  # (B, 1, T, d_c), (B, 1, T, d_rope)
+        if cache is not None:  # one row per token: [latent | RoPE key], read back as views
+            rows, _ = cache.update(layer, torch.cat([c_kv, k_rope], dim=-1))  # (B, 1, T_all, d_c + d_rope)
+            c_kv, k_rope = rows[..., : self.d_c], rows[..., self.d_c:]
+        else:
+            rows = None
+        t_all = c_kv.shape[2]
         scale = 1.0 / math.sqrt(self.d_nope + self.d_rope)
-        mask = causal_mask(t, c_kv.shape[2], x.device)  # (T, T_all)
+        if mask is None and t_all != t and t > 1:  # new queries after cached positions: causal, offset by the past
+            mask = causal_mask(t, t_all, x.device)
+        causal = mask is None and t_all == t and t > 1
         w_uk, w_uv = self.up_projections()
-        if self.impl == "absorbed":
+        if impl == "absorbed":
             q_lat = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # W_UK folded into the query: (B, H, T, d_c)
-            scores = q_lat @ c_kv.transpose(-2, -1) + q_rope @ k_rope.transpose(-2, -1)  # (B, H, T, T_all)
-            probs = (scores * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            out_lat = probs @ c_kv  # attend over the latent itself: (B, H, T, d_c)
+            q = torch.cat([q_lat, q_rope], dim=-1)  # (B, H, T, d_c + d_rope)
+            k = rows if rows is not None else torch.cat([c_kv, k_rope], dim=-1)  # (B, 1, T_all, d_c + d_rope)
+            if t == 1 and mask is None:  # decoding: the H heads are H query rows against one key/value head
+                out_lat = F.scaled_dot_product_attention(q.view(b, 1, self.n_heads, -1), k, c_kv, scale=scale)
+                out_lat = out_lat.view(b, self.n_heads, 1, self.d_c)  # (B, H, 1, d_c)
+            else:
+                out_lat = F.scaled_dot_product_attention(q, k, c_kv, attn_mask=mask, is_causal=causal,
+                                                         scale=scale, enable_gqa=True)  # (B, H, T, d_c)
             y = torch.einsum("bhtc,hvc->bhtv", out_lat, w_uv)  # W_UV folded into the output: (B, H, T, d_v)
-        elif self.impl == "naive":
+        else:
             k_nope = torch.einsum("bxsc,hnc->bhsn", c_kv, w_uk)  # per-head keys: (B, H, T_all, d_nope)
             v = torch.einsum("bxsc,hvc->bhsv", c_kv, w_uv)  # per-head values: (B, H, T_all, d_v)
             k = torch.cat([k_nope, k_rope.expand(-1, self.n_heads, -1, -1)], dim=-1)
             q = torch.cat([q_nope, q_rope], dim=-1)
-            probs = ((q @ k.transpose(-2, -1)) * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = probs @ v  # (B, H, T, d_v)
-        else:
-            raise ValueError(f"impl: got {self.impl!r}, need 'naive' or 'absorbed'")
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)  # (B, H, T, d_v)
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.d_v))

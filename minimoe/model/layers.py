@@ -25,17 +25,18 @@ def rope_angles(positions: torch.Tensor, dim: int, theta: float = 10000.0) -> tu
     """cos and sin of each position's rotation angles (Su et al., arXiv 2104.09864).
 
     Pair i of a head's ``dim`` channels turns by ``position · theta^(-2i/dim)``.
-    positions: (T,) integers -> cos, sin: (T, dim // 2), in float32.
+    positions: (T,) integers -> cos, sin: (T, dim // 2), in float32 (any shape: (..., dim // 2)).
     """
     if dim % 2:
         raise ValueError(f"dim: got {dim}, need an even number of channels to rotate in pairs")
     inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)  # (dim/2,)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, dim/2)
+    angles = positions.float()[..., None] * inv_freq  # (..., T, dim/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (x[..., i], x[..., i + dim/2]) of x: (B, H, T, dim) by the angles (T, dim/2)."""
+    """Rotate the pairs (x[..., i], x[..., i + dim/2]) of x: (B, H, T, dim) by the angles (T, dim/2)
+    (or (B, 1, T, dim/2): one set of positions per row)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half].float(), x[..., half:].float()  # (B, H, T, dim/2) each
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

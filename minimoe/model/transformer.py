@@ -5,6 +5,11 @@ A block's feed-forward is any module mapping (B, T, d_model) to the same shape. 
 an auxiliary loss, which the model adds up into ``ModelOutput.aux_loss`` and the trainer adds to
 the training loss; every other entry is a statistic, passed through in ``ModelOutput.aux``.
 Nothing travels through global state. Chapter 04 plugs its mixture-of-experts layer in here.
+
+A batch may say which positions are real and which sample each belongs to (``minimoe.data``'s
+``token_mask`` and ``segments``): then attention stays inside each sample, positions restart at 0
+for each sample, and a feed-forward that declares ``takes_token_mask = True`` (the MoE layer) is
+handed the mask so that PAD is never routed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minimoe.config import ModelConfig, preset
-from minimoe.model.attention import Attention
+from minimoe.model.attention import Attention, attention_mask
 from minimoe.model.cache import KVCache
 from minimoe.model.latent import LatentAttention
 from minimoe.model.layers import RMSNorm, SwiGLU, rope_angles
@@ -50,9 +55,14 @@ class Block(nn.Module):
         self.ffn = ffn
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> tuple[torch.Tensor, dict]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)  # (B, T, d_model)
-        out = self.ffn(self.ffn_norm(x))
+                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, mask)  # (B, T, d_model)
+        h = self.ffn_norm(x)
+        if getattr(self.ffn, "takes_token_mask", False):
+            out = self.ffn(h, token_mask=token_mask, stats=cache is None)  # decoding reads no statistics
+        else:
+            out = self.ffn(h)
         y, aux = out if isinstance(out, tuple) else (out, {})
         return x + y, aux
 
@@ -98,24 +108,46 @@ class Transformer(nn.Module):
         """An empty cache. For MLA it holds, per token and layer, the latent (d_c) and the RoPE key (d_h^R)."""
         p = next(self.parameters())
         cfg, length = self.cfg, max_len or self.cfg.max_seq_len
-        if cfg.attention == "mla":
-            return KVCache(cfg.n_layers, batch, 1, length, cfg.kv_lora_rank, dtype=p.dtype, device=p.device,
-                           v_head_dim=cfg.qk_rope_head_dim)
+        if cfg.attention == "mla":  # one row per token: [latent | RoPE key]
+            return KVCache(cfg.n_layers, batch, 1, length, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                           dtype=p.dtype, device=p.device, v_head_dim=0)
         return KVCache(cfg.n_layers, batch, cfg.kv_heads, length, cfg.dim_head, dtype=p.dtype, device=p.device)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+                loss_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                token_mask: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> ModelOutput:
         """tokens: (B, T) ids. With ``targets`` (B, T), the cross-entropy over positions where
         ``loss_mask`` (B, T) is true (all positions without one). With ``cache``, the tokens continue
-        what the cache holds."""
+        what the cache holds.
+
+        ``token_mask`` (B, T) bool marks real tokens (False: PAD): PAD is seen by no other position,
+        routed to no expert and counted in no statistic. ``segments`` (B, T) int says which packed
+        sample each position belongs to (-1 on PAD): attention stays inside a sample and positions
+        restart at 0 for each. Both are for whole batches, not for decoding with a cache.
+        """
         if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int, torch.int32):
             raise ValueError(f"tokens: got shape {tuple(tokens.shape)} {tokens.dtype}, need (batch, time) integer ids")
+        b, t = tokens.shape
+        for name, m, kinds in (("token_mask", token_mask, (torch.bool,)),
+                               ("segments", segments, (torch.long, torch.int, torch.int32))):
+            if m is None:
+                continue
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != (b, t) or m.dtype not in kinds:
+                got = f"shape {tuple(m.shape)} {m.dtype}" if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(f"{name}: got {got}, need ({b}, {t}) {kinds[0]} like tokens")
+            if cache is not None:
+                raise ValueError(f"{name}: not supported with a cache (decoding batches hold no PAD)")
+        if segments is not None and token_mask is None:
+            token_mask = segments >= 0
         start = cache.length if cache is not None else 0
-        t = tokens.shape[1]
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"tokens: {start + t} positions, the model was built for at most {self.cfg.max_seq_len}")
-        cos, sin = rope_angles(torch.arange(start, start + t, device=tokens.device), self.rope_dim,
-                               self.cfg.rope_theta)  # (T, rope_dim/2)
+        positions = sample_positions(segments, token_mask) if (segments is not None or token_mask is not None) \
+            else torch.arange(start, start + t, device=tokens.device)  # (B, T) or (T,)
+        cos, sin = rope_angles(positions, self.rope_dim, self.cfg.rope_theta)  # (T, rope_dim/2) or (B, T, ...)
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, rope_dim/2): broadcast over heads
+        mask = attention_mask(segments, token_mask)  # (B, 1, T, T) or None (causal)
         x = self.embed(tokens)  # (B, T, d_model)
         aux_loss = x.new_zeros((), dtype=torch.float32)
         auxes = []
@@ -123,9 +155,10 @@ class Transformer(nn.Module):
             if self.checkpointing and cache is None and torch.is_grad_enabled():
                 # Activation checkpointing: the block is run again during backward. early_stop=False
                 # rebuilds the whole block, so its forward hooks fire in pairs (chapter 07 uses them).
-                x, aux = checkpoint(block, x, cos, sin, None, i, use_reentrant=False, early_stop=False)
+                x, aux = checkpoint(block, x, cos, sin, None, i, mask, token_mask, use_reentrant=False,
+                                    early_stop=False)
             else:
-                x, aux = block(x, cos, sin, cache, i)
+                x, aux = block(x, cos, sin, cache, i, mask, token_mask)
             if "loss" in aux:
                 aux_loss = aux_loss + aux["loss"]
             auxes.append(aux)
@@ -137,6 +170,22 @@ class Transformer(nn.Module):
             out.ce = cross_entropy(logits, targets, loss_mask)
             out.loss = out.ce + aux_loss
         return out
+
+
+def sample_positions(segments: torch.Tensor | None, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """Each position's place in its own sample, (B, T) int64: 0 at every sample's first token.
+
+    With ``segments``, counting restarts wherever the segment changes; with only ``token_mask``,
+    the real tokens of a row are numbered 0, 1, 2, ... (PAD keeps the number before it).
+    """
+    if segments is not None:
+        t = segments.shape[1]
+        idx = torch.arange(t, device=segments.device).expand_as(segments)  # (B, T)
+        starts = torch.ones_like(segments, dtype=torch.bool)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]  # (B, T): a sample begins here
+        first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T)
+        return idx - first
+    return (token_mask.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,9 @@ more. Four remedies, each a small function (N tokens, E experts, k per token):
 - ``bias_update``: DeepSeek-V3's auxiliary-loss-free balancing (§2.1.2): after each step, each
   expert's bias moves by γ against the sign of its load error (overloaded: -γ, underloaded: +γ).
   No gradient: it is a plain update outside autograd, so it never trades off against the LM loss.
+
+Every function takes an optional ``token_mask`` (N,) bool: positions marked False (PAD) count in
+no load, no mean and no loss, so padding a batch changes none of these numbers.
 """
 
 from __future__ import annotations
@@ -21,51 +24,89 @@ from __future__ import annotations
 import torch
 
 
-def expert_counts(topk_idx: torch.Tensor, n_experts: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+def check_token_mask(token_mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """``token_mask`` flattened to (N,) bool, or None; ValueError unless it has N entries."""
+    if token_mask is None:
+        return None
+    if not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool or token_mask.numel() != n:
+        got = f"shape {tuple(token_mask.shape)} {token_mask.dtype}" if isinstance(token_mask, torch.Tensor) \
+            else type(token_mask).__name__
+        raise ValueError(f"token_mask: got {got}, need a bool tensor with one entry per token ({n})")
+    return token_mask.reshape(n)
+
+
+def masked_mean(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 0 of x (N, ...) counting only the rows ``token_mask`` (N,) marks (all, without one)."""
+    if token_mask is None:
+        return x.mean(dim=0)
+    m = token_mask.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (N, 1, ...)
+    return (x * m).sum(dim=0) / m.sum().clamp_min(1)
+
+
+def expert_counts(topk_idx: torch.Tensor, n_experts: int, keep: torch.Tensor | None = None,
+                  token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """How many (token, slot) assignments each expert got. topk_idx: (N, k) -> (E,) float32.
 
-    ``keep`` (N, k) bool, if given, counts only the assignments that were kept (not dropped).
+    ``keep`` (N, k) bool, if given, counts only the assignments that were kept (not dropped);
+    ``token_mask`` (N,) bool counts only real tokens. Computed with ``scatter_add_`` into zeros,
+    which never reads a device value back (``bincount`` does, to size its output).
     """
-    flat = topk_idx.reshape(-1)
-    w = None if keep is None else keep.reshape(-1).float()
-    return torch.bincount(flat, weights=w, minlength=n_experts).float()  # (E,)
+    w = torch.ones(topk_idx.shape, dtype=torch.float32, device=topk_idx.device)  # (N, k)
+    if keep is not None:
+        w = w * keep
+    mask = check_token_mask(token_mask, topk_idx.shape[0])
+    if mask is not None:
+        w = w * mask[:, None]
+    counts = torch.zeros(n_experts, dtype=torch.float32, device=topk_idx.device)
+    return counts.scatter_add_(0, topk_idx.reshape(-1).long().clamp(0, n_experts - 1), w.reshape(-1))  # (E,)
 
 
-def switch_aux_loss(probs: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
+def switch_aux_loss(probs: torch.Tensor, topk_idx: torch.Tensor, token_mask: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """E · Σ_i f_i · P_i. probs: (N, E) router probabilities; topk_idx: (N, k) -> scalar.
 
-    f_i = (assignments to i) / (N·k), P_i = mean_n probs[n, i]. Uniform routing gives exactly 1.
+    f_i = (assignments to i) / (N·k), P_i = mean_n probs[n, i], both over real tokens only.
+    Uniform routing gives exactly 1.
     """
     if probs.dim() != 2 or topk_idx.dim() != 2 or probs.shape[0] != topk_idx.shape[0]:
         raise ValueError(f"probs, topk_idx: got shapes {tuple(probs.shape)}, {tuple(topk_idx.shape)}, "
                          "need (tokens, experts) and (tokens, k)")
     n, e = probs.shape
-    f = expert_counts(topk_idx, e) / topk_idx.numel()  # (E,) sums to 1, no gradient
-    p = probs.float().mean(dim=0)  # (E,) sums to 1, differentiable
+    mask = check_token_mask(token_mask, n)
+    counts = expert_counts(topk_idx, e, token_mask=mask)  # (E,)
+    f = counts / counts.sum().clamp_min(1)  # (E,) sums to 1, no gradient
+    p = masked_mean(probs.float(), mask)  # (E,) sums to 1, differentiable
     return e * (f * p).sum()
 
 
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """mean_n logsumexp(logits[n])². logits: (N, E) -> scalar."""
-    return logits.float().logsumexp(dim=-1).pow(2).mean()
+def z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_n logsumexp(logits[n])² over real tokens. logits: (N, E) -> scalar."""
+    return masked_mean(logits.float().logsumexp(dim=-1).pow(2), check_token_mask(token_mask, logits.shape[0]))
 
 
-def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_sequences: int) -> torch.Tensor:
+def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_sequences: int,
+                          token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """DeepSeek-V3 eq. 17-20, averaged over sequences (the caller multiplies by α).
 
     scores: (B·T, E) affinities (V3: sigmoid; any non-negative scores work), tokens laid out sequence
-    by sequence; topk_idx: (B·T, k). Per sequence: f_i = E/(k·T) · (assignments to i),
-    P_i = mean_t s_i,t / Σ_j s_j,t; loss = Σ_i f_i · P_i (1 under uniform routing).
+    by sequence; topk_idx: (B·T, k). Per sequence, over its T real tokens: f_i = E/(k·T) ·
+    (assignments to i), P_i = mean_t s_i,t / Σ_j s_j,t; loss = Σ_i f_i · P_i (1 under uniform
+    routing). A sequence is a row of the batch (a packed row holds several samples, as V3's
+    packed training sequences do); rows with no real token are left out of the average.
     """
     nt, e = scores.shape
-    if n_sequences < 1 or nt % n_sequences:
+    if not isinstance(n_sequences, int) or n_sequences < 1 or nt % n_sequences:
         raise ValueError(f"n_sequences: got {n_sequences!r}, need a divisor of the {nt} tokens")
     t, k = nt // n_sequences, topk_idx.shape[1]
+    mask = check_token_mask(token_mask, nt)
+    m = torch.ones(nt, device=scores.device) if mask is None else mask.float()  # (B·T,)
     s = scores.float() / scores.float().sum(dim=-1, keepdim=True)  # (B·T, E) normalized per token
-    p = s.view(n_sequences, t, e).mean(dim=1)  # (B, E)
-    onehot = torch.zeros(nt, e, device=scores.device).scatter_(1, topk_idx, 1.0)  # (B·T, E)
-    f = onehot.view(n_sequences, t, e).sum(dim=1) * e / (k * t)  # (B, E)
-    return (f * p).sum(dim=-1).mean()
+    real = m.view(n_sequences, t).sum(dim=1)  # (B,) real tokens per sequence
+    p = (s * m[:, None]).view(n_sequences, t, e).sum(dim=1) / real.clamp_min(1)[:, None]  # (B, E)
+    onehot = torch.zeros(nt, e, device=scores.device).scatter_(1, topk_idx, 1.0) * m[:, None]  # (B·T, E)
+    f = onehot.view(n_sequences, t, e).sum(dim=1) * e / (k * real.clamp_min(1)[:, None])  # (B, E)
+    has = (real > 0).float()  # (B,)
+    return ((f * p).sum(dim=-1) * has).sum() / has.sum().clamp_min(1)
 
 
 @torch.no_grad()

@@ -28,15 +28,19 @@ def expert_capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: floa
     return math.ceil(capacity_factor * n_tokens * k / n_experts)
 
 
-def capacity_keep(topk_idx: torch.Tensor, n_experts: int, capacity: int) -> torch.Tensor:
+def capacity_keep(topk_idx: torch.Tensor, n_experts: int, capacity: int,
+                  token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Which assignments fit. topk_idx: (N, k) -> keep: (N, k) bool (False: dropped).
 
     An assignment is kept when fewer than ``capacity`` assignments to the same expert come before it
-    in the order (slot 0 of every token, then slot 1, ...).
+    in the order (slot 0 of every token, then slot 1, ...). With ``token_mask`` (N,) bool, a masked
+    token (PAD) is never kept and takes no place in any queue.
     """
     n, k = topk_idx.shape
     order = topk_idx.t().reshape(-1)  # (k·N,): slot-major, token order within a slot
     onehot = torch.zeros(k * n, n_experts, dtype=torch.int64, device=topk_idx.device)
     onehot.scatter_(1, order[:, None], 1)  # (k·N, E)
+    if token_mask is not None:
+        onehot = onehot * token_mask.reshape(1, n).expand(k, n).reshape(-1, 1)  # PAD joins no queue
     position = (onehot.cumsum(dim=0) * onehot).sum(dim=1)  # (k·N,): 1-based place in its expert's queue
-    return (position <= capacity).view(k, n).t()  # (N, k)
+    return ((position >= 1) & (position <= capacity)).view(k, n).t()  # (N, k)

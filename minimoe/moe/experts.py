@@ -33,10 +33,13 @@ class Experts(nn.Module):
         self.w_down = StackedWeight(n_experts, hidden, d_model)  # (E, h, d)
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
-                backend: str = "loop") -> torch.Tensor:
-        """x: (N, d), topk_idx and topk_weight: (N, k) -> (N, d): Σ_j weight_j · expert_{idx_j}(x)."""
+                backend: str = "auto", token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, d), topk_idx and topk_weight: (N, k) -> (N, d): Σ_j weight_j · expert_{idx_j}(x).
+
+        ``token_mask`` (N,) bool: tokens marked False are dispatched to no expert (their row is 0).
+        """
         return expert_ffn(x, topk_idx, topk_weight, self.w_gate.weight, self.w_up.weight, self.w_down.weight,
-                          backend=backend)
+                          backend=backend, token_mask=token_mask)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` alone on x: (..., d) -> (..., d), written out (for references and notebooks)."""

@@ -17,26 +17,34 @@ from __future__ import annotations
 
 import torch
 
+from minimoe.moe.balance import check_token_mask, masked_mean
 
-def router_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of -Σ_i p_i ln p_i. probs: (N, E) rows summing to 1 -> scalar (nats)."""
+
+def router_entropy(probs: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over (real) tokens of -Σ_i p_i ln p_i. probs: (N, E) rows summing to 1 -> scalar (nats)."""
     p = probs.float()
-    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    return masked_mean(-(p * p.clamp_min(1e-12).log()).sum(dim=-1), check_token_mask(token_mask, p.shape[0]))
 
 
 @torch.no_grad()
 def load_stats(counts: torch.Tensor, probs: torch.Tensor, n_dropped: int | torch.Tensor = 0,
-               n_assignments: int | None = None) -> dict[str, torch.Tensor]:
-    """The statistics above from the routed counts (E,) (before dropping) and the probabilities (N, E)."""
+               n_assignments: int | torch.Tensor | None = None,
+               token_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The statistics above from the routed counts (E,) (before dropping) and the probabilities (N, E).
+
+    ``counts`` must already count real tokens only; ``token_mask`` (N,) keeps PAD out of the entropy.
+    Every entry stays a tensor on the device (nothing is read back to the host here).
+    """
     counts = counts.float()
     total = counts.sum().clamp_min(1)
     mean = counts.mean().clamp_min(1e-12)
-    n_assignments = int(total.item()) if n_assignments is None else n_assignments
+    n_assignments = total if n_assignments is None else torch.as_tensor(n_assignments, dtype=torch.float32)
     return {
         "load": counts / total,  # (E,)
         "max_load": counts.max() / mean,
         "min_load": counts.min() / mean,
         "load_cv": counts.std(unbiased=False) / mean,
-        "router_entropy": router_entropy(probs),
-        "dropped": torch.as_tensor(n_dropped, dtype=torch.float32) / max(1, n_assignments),
+        "router_entropy": router_entropy(probs, token_mask),
+        "dropped": torch.as_tensor(n_dropped, dtype=torch.float32, device=counts.device)
+        / torch.as_tensor(n_assignments, device=counts.device).clamp_min(1),
     }
