@@ -92,3 +92,30 @@ def test_the_baked_baseline_loads_and_is_small():
     assert not model.training
     with pytest.raises(ValueError, match="name"):
         baked("enormous")
+
+
+def test_moe_training_reports_real_tokens_per_second_and_dispatches_through_auto(tmp_path):
+    import json
+
+    out = tmp_path / "moe"
+    proc = run("train", "--preset", "tiny-moe", "--steps", "3", "--out", str(out), "--samples", "200",
+               "--batch-size", "2", "--warmup", "1", "--eval-every", "3", "--checkpoint-every", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "dispatch auto" in proc.stdout and "packed rows of 256" in proc.stdout
+    assert "real tokens/s" in proc.stdout  # the closing line
+    assert "real_tok_s=" in proc.stderr  # the progress bar (tqdm writes to stderr)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["real_tokens"] <= r["positions"] for r in records)
+    obj = read_checkpoint(out)
+    assert obj["extra"]["dispatch"] == "auto" and obj["data"]["packed"] is True
+
+
+def test_train_refuses_an_unknown_dispatch_and_a_row_longer_than_the_model(tmp_path):
+    proc = run("train", "--preset", "tiny-moe", "--steps", "2", "--out", str(tmp_path / "a"), "--dispatch", "gpu")
+    assert proc.returncode == 2 and "invalid choice: 'gpu'" in proc.stderr
+    proc = run("train", "--preset", "micro", "--steps", "2", "--out", str(tmp_path / "b"), "--seq-len", "512")
+    assert proc.returncode == 2 and "--seq-len: got 512" in proc.stderr
+    proc = run("train", "--preset", "tiny", "--steps", "2", "--out", str(tmp_path / "c"), "--seq-len", "100",
+               "--samples", "3000")
+    assert proc.returncode == 2 and "needs" in proc.stderr and "positions" in proc.stderr
+    assert not any((tmp_path / n).exists() for n in "abc")
