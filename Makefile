@@ -3,7 +3,7 @@
 #   make lab        install the course into .venv and open JupyterLab on notebooks/
 #   make test       install, then run the unit tests and nbval over every notebook
 #   make notebooks  re-execute lecture and solution notebooks in place (stores outputs), then release
-#   make release    write exercises/ from solutions/ and the README's course map
+#   make release    point Colab links and install cells at REPO/REF; write exercises/ and the course map
 #
 # TORCH_SPEC is what `pip install` gets for torch, word for word (CI: TORCH_SPEC=torch==2.13.0).
 
@@ -50,9 +50,9 @@ notebooks: install
 	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 	$(MAKE) release
 
+# REPO=OWNER/NAME REF=TAG point every Colab link and install cell there (default: origin's repo, same ref).
 release: install
-	$(BIN)/minimoe release
-	$(BIN)/python tools/update_readme.py
+	$(BIN)/minimoe release $(if $(REPO),--repo $(REPO)) $(if $(REF),--ref $(REF))
 
 clean:
 	rm -rf graded .pytest_cache build *.egg-info
