@@ -204,13 +204,25 @@ def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _checkpoint_path(text: str) -> Path:
+    """A run folder or checkpoint file as given, else the shipped checkpoint of a baked model's name."""
+    from minimoe.course import BAKED, baked_path, shipped_baked
+
+    if Path(text).exists():
+        return Path(text)
+    if text in BAKED:
+        return baked_path(text)  # ValueError for a run shipped without its weights
+    raise ValueError(f"checkpoint: no checkpoint at {text!r}, and no baked model of that name "
+                     f"(baked: {', '.join(shipped_baked())})")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from minimoe.data import EOS, CharTokenizer
     from minimoe.generate import generate
     from minimoe.train import CheckpointError, load_model
 
     try:
-        model, obj = load_model(args.checkpoint)
+        model, obj = load_model(_checkpoint_path(args.checkpoint))
         tok = CharTokenizer(obj["tokenizer"])
         prompt = tok.encode_prompt(args.prompt) if obj.get("data", {}).get("kind") != "text" \
             else tok.encode(args.prompt)
@@ -342,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample from a trained model")
-    gen.add_argument("checkpoint", help="a run folder or a checkpoint file")
+    gen.add_argument("checkpoint", help="a run folder, a checkpoint file, or a baked model's name (tiny, cot, direct, ...)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=_positive(int), default=100)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")

@@ -273,23 +273,36 @@ BAKED = {
 }
 
 
+def _checkpoint_file(name: str):
+    from pathlib import Path
+
+    return Path(minimoe.__file__).resolve().parent / "checkpoints" / f"{name}.pt"
+
+
+def shipped_baked() -> list[str]:
+    """The baked models shipped with their weights (the others ship only their training record)."""
+    return [name for name in BAKED if _checkpoint_file(name).is_file()]
+
+
+def baked_path(name: str):
+    """The shipped checkpoint file of the baked model ``name`` (a ``pathlib.Path`` inside the package)."""
+    if name not in BAKED:
+        raise ValueError(f"name: got {name!r}, need one of {', '.join(BAKED)}")
+    if not _checkpoint_file(name).is_file():
+        raise ValueError(f"name: only the training record of {name!r} is shipped, not its weights; "
+                         f"use training_run({name!r}), or one of {', '.join(shipped_baked())}")
+    return _checkpoint_file(name)
+
+
 def baked(name: str = "tiny"):
     """One we baked earlier: a model trained once by the command in minimoe/checkpoints/README.md.
 
     Returns ``(model, info)``: the model in float32, in eval mode, and the checkpoint's contents
     (its training curve is ``info["extra"]["metrics"]``).
     """
-    from importlib import resources
-
     from minimoe.train import load_model
 
-    if name not in BAKED:
-        raise ValueError(f"name: got {name!r}, need one of {', '.join(BAKED)}")
-    if not (resources.files("minimoe") / "checkpoints" / f"{name}.pt").is_file():
-        raise ValueError(f"name: only the training record of {name!r} is shipped; use training_run({name!r})")
-    path = resources.files("minimoe") / "checkpoints" / f"{name}.pt"
-    with resources.as_file(path) as file:
-        model, info = load_model(file)
+    model, info = load_model(baked_path(name))
     return model.eval(), info
 
 
