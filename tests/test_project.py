@@ -70,7 +70,8 @@ def test_environment_yml_lists_what_pyproject_lists():
         wanted |= _names(project["optional-dependencies"][extra])
     env = (ROOT / "environment.yml").read_text()
     listed = set(re.findall(r"^\s*-\s+([A-Za-z0-9_.-]+)", env, re.M))
-    listed = {"torch" if n == "pytorch" else n.lower() for n in listed}
+    conda_names = {"pytorch": "torch", "python-build": "build"}  # conda-forge's names for PyPI's packages
+    listed = {conda_names.get(n.lower(), n.lower()) for n in listed}
     missing = wanted - listed
     assert not missing, f"environment.yml lacks {sorted(missing)}"
 

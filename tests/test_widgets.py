@@ -124,7 +124,7 @@ def _run_with_widgets(path: Path, pythonpath: str | None, monkeypatch) -> tuple[
     return nb, report
 
 
-@pytest.mark.parametrize("version", [COLAB_IPYWIDGETS, "installed"])
+@pytest.mark.parametrize("version", [pytest.param(COLAB_IPYWIDGETS, marks=pytest.mark.install), "installed"])
 @pytest.mark.parametrize("path", widget_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_widgets_build_and_respond(path, version, request, monkeypatch):
     folder = str(request.getfixturevalue("colab_ipywidgets")) if version == COLAB_IPYWIDGETS else None
