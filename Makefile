@@ -36,8 +36,9 @@ install:
 	  echo "$(WANT)" > $(STAMP); \
 	fi
 
+# tools/lab.py starts `jupyter lab` and prints the address to open (without a screen it opens no browser).
 lab: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
+	$(BIN)/python tools/lab.py $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
 
 # One thread per process: pytest's workers and the notebooks' kernels share the CPU's cores.
 test: install
