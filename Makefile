@@ -41,8 +41,9 @@ lab: install
 	$(BIN)/python tools/lab.py $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
 
 # One thread per process: pytest's workers and the notebooks' kernels share the CPU's cores.
+# The last line says what ran (tests/conftest.py).
 test: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MINIMOE_TEST_LABEL="make test" $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 	  --nbval-cell-timeout $(CELL_TIMEOUT) \
 	  tests notebooks solutions exercises $(PYTEST_ARGS)

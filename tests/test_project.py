@@ -83,3 +83,24 @@ def test_ci_runs_the_readme_test_command():
 
 def test_python_version_floor():
     assert sys.version_info >= (3, 10)
+
+
+def test_the_last_line_of_make_test_says_what_ran():
+    from types import SimpleNamespace as R
+
+    from conftest import summary_line
+
+    stats = {
+        "passed": [R(nodeid="tests/test_a.py::t1", when="call", keywords={}),
+                   R(nodeid="tests/test_wheel.py::t", when="call", keywords={"install": 1}),
+                   R(nodeid="notebooks/00_x.ipynb::Cell 0", when="call", keywords={}),
+                   R(nodeid="notebooks/00_x.ipynb::Cell 1", when="call", keywords={}),
+                   R(nodeid="solutions/00_x.ipynb::Cell 0", when="call", keywords={})],
+        "failed": [R(nodeid="tests/test_a.py::t2", when="call", keywords={})],
+        "error": [R(nodeid="tests/test_a.py::t3", when="setup", keywords={})],
+        "skipped": [R(nodeid="tests/test_a.py::t4", when="setup", keywords={})],
+        "": [R(nodeid="tests/test_a.py::t1", when="teardown", keywords={})],
+    }
+    assert summary_line(stats, 90, "make test") == (
+        "make test: 5 passed, 2 failed, 1 skipped in 1.5 min: 4 unit tests, 1 wheel and ipywidgets-7 checks, "
+        "1 lecture, 1 solution and 0 exercise notebooks by nbval (3 cells)")
