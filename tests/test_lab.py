@@ -63,8 +63,11 @@ def test_make_lab_prints_an_address_that_opens_and_opens_a_browser_only_on_a_scr
         url = next(line.strip() for line in seen if "?token=" in line)
         assert url.startswith("http://localhost:") and f"/lab/tree/{NOTEBOOK}?token=" in url
         assert any("make lab: JupyterLab is running" in line for line in seen)
-        with urllib.request.urlopen(url, timeout=60) as page:
-            assert page.status == 200 and b"JupyterLab" in page.read()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as page:
+                assert page.status == 200 and b"JupyterLab" in page.read()
+        except OSError as e:
+            pytest.fail(f"{url}: {e}\n{''.join(seen)}\nJupyterLab's log:\n{(tmp_path / 'jupyter.log').read_text()[-4000:]}")
         # JupyterLab asks for a browser right after it starts (in well under a second here): give it
         # 30 s where it should, and 5 s to show that it does not.
         for _ in range(60 if screen else 10):

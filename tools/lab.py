@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 
 def headless(env: dict[str, str] | None = None, system: str | None = None) -> bool:
@@ -41,10 +42,17 @@ def notebook_url(server: dict, notebook: str | None) -> str:
 
 
 def _server_of(pid: int) -> dict | None:
+    """The server JupyterLab process ``pid`` runs, once it accepts connections (it writes its
+    address down a moment before it listens)."""
     from jupyter_server.serverapp import list_running_servers
 
     for server in list_running_servers():
         if server.get("pid") == pid:
+            address = urlsplit(server["url"])
+            try:
+                socket.create_connection((address.hostname, address.port), timeout=5).close()
+            except OSError:
+                return None
             return server
     return None
 
