@@ -120,7 +120,8 @@ def test_grade_the_chapter_00_solution_from_any_folder(installed):
     folder = work / "grade"
     folder.mkdir()
     shutil.copy(ROOT / "solutions" / "00_setup_and_tour.ipynb", folder)
-    proc = _run([Path(python).parent / "minimoe", "grade", "00_setup_and_tour.ipynb", "--out", "graded"], cwd=folder)
+    proc = _run([Path(python).parent / "minimoe", "grade", "00_setup_and_tour.ipynb", "--chapter", "00", "--out", "graded"],
+                cwd=folder)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert re.search(r"\(chapter 00\): (\S+)/\1 points", proc.stdout), proc.stdout
     assert (folder / "graded" / "00_setup_and_tour" / "results.json").is_file()

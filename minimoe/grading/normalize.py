@@ -2,7 +2,7 @@
 
 Notebooks saved by some editors declare format 4.5 but leave out the cell ids that format
 requires; nbformat then prints a ``MissingIDFieldWarning`` (and fills in random ids) for every
-such file, which buries the grading table. ``read_submission`` gives each cell without an id (or
+such file, which buries the grading table. ``notebook_with_ids`` gives each cell without an id (or
 with one already taken) an id of its own, made from its position so a regrade sees the same
 notebook, before nbformat reads it. It works on the grader's parsed copy; the submitted file is
 never touched.
@@ -39,7 +39,7 @@ def ensure_cell_ids(raw: object) -> int:
     return changed
 
 
-def read_submission(text: str) -> nbformat.NotebookNode:
+def notebook_with_ids(text: str) -> nbformat.NotebookNode:
     """Parse a submitted notebook (JSON text) as format 4, with cell ids filled in first."""
     raw = json.loads(text)
     ensure_cell_ids(raw)
