@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from minimoe.course import baked
+from minimoe.course import baked, baked_path, shipped_baked
 from minimoe.train import read_checkpoint
 
 
-def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "minimoe.cli", *args], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=300, cwd=None):
+    return subprocess.run([sys.executable, "-m", "minimoe.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -50,6 +51,23 @@ def test_generate_answers_a_prompt(run_dir):
     proc = run("generate", str(run_dir), "--prompt", "12+34=", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("12+34=")
+
+
+def test_generate_takes_a_baked_models_name_from_any_folder(tmp_path):
+    by_name = run("generate", "tiny", "--prompt", "12+34=", "--max-new-tokens", "8", cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stderr
+    by_path = run("generate", str(baked_path("tiny")), "--prompt", "12+34=", "--max-new-tokens", "8", cwd=tmp_path)
+    assert by_name.stdout == by_path.stdout and by_name.stdout.startswith("12+34=")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tinyy", "no checkpoint at 'tinyy', and no baked model of that name (baked: tiny,"),
+    ("moe-none", "only the training record of 'moe-none' is shipped"),
+])
+def test_generate_says_which_baked_models_exist(tmp_path, name, message):
+    proc = run("generate", name, "--prompt", "1+1=", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, message", [
@@ -92,6 +110,7 @@ def test_the_baked_baseline_loads_and_is_small():
     assert not model.training
     with pytest.raises(ValueError, match="name"):
         baked("enormous")
+    assert "tiny" in shipped_baked() and "moe-none" not in shipped_baked()
 
 
 def test_moe_training_reports_real_tokens_per_second_and_dispatches_through_auto(tmp_path):
