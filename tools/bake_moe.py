@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from minimoe.config import preset
-from minimoe.data import PAD
 from minimoe.model import build_model
 from minimoe.moe import MoELayer
 from minimoe.train import Trainer, TrainConfig, mixture_batches, save_checkpoint
@@ -51,14 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg, seed=args.seed)
     trainer = Trainer(model, data, tcfg, out_dir=args.out, progress=False, dispatch=args.dispatch)
 
-    # What the Trainer does not keep: input tokens per step, and each MoE layer's load per expert.
+    # What the Trainer does not keep: real input tokens so far, and each MoE layer's load per expert.
     seen = {"tokens": 0}
     loads: dict[int, list[torch.Tensor]] = {}
     history: list[dict] = []
-
-    def count_tokens(module, inputs):
-        if module.training:
-            seen["tokens"] += int((inputs[0] != PAD).sum())
 
     def keep_load(layer_index):
         def hook(module, inputs, output):
@@ -66,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
                 loads.setdefault(layer_index, []).append(output[1]["load"].detach())
         return hook
 
-    model.register_forward_pre_hook(count_tokens)
     for i, block in enumerate(model.blocks):
         if isinstance(block.ffn, MoELayer):
             block.ffn.register_forward_hook(keep_load(i))
@@ -77,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed_step(batch):
         record = step_fn(batch)
+        seen["tokens"] += record["real_tokens"]  # real (non-PAD) input tokens so far
         record["elapsed_s"] = time.perf_counter() - start
         record["input_tokens"] = seen["tokens"]
         if (trainer.step + 1) % args.eval_every == 0 and loads:
