@@ -146,10 +146,11 @@ def plot_load_histogram(load, ax=None, title: str = ""):
     load = torch.as_tensor(load, dtype=torch.float32)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 2.5))
-    ax.bar(range(len(load)), load.tolist())
+    ax.bar(range(len(load)), load.tolist(), label="expert's share")
     ax.axhline(1 / len(load), color="k", ls="--", lw=1, label="uniform")
+    ax.set_xticks(range(len(load)))  # expert ids are integers
     ax.set_xlabel("expert")
-    ax.set_ylabel("share of tokens")
+    ax.set_ylabel("share of assignments")
     ax.set_title(title)
     ax.legend(loc="upper right")
     return ax
@@ -171,8 +172,22 @@ def plot_domain_heatmap(matrix, ax=None, title: str = "which expert handles whic
     return ax
 
 
-def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", ax=None, smooth: int = 20):
-    """``key`` (default: busiest expert's load over the mean) against step, one line per run."""
+# What each logged routing statistic is, for axis labels (``minimoe.moe.stats``).
+STAT_LABELS = {
+    "max_load": "busiest expert / mean load",
+    "min_load": "idlest expert / mean load",
+    "load_cv": "load: coefficient of variation",
+    "router_entropy": "router entropy (nats)",
+    "dropped": "share of assignments dropped",
+    "balance_loss": "Switch balance loss E·Σ f·P",
+}
+
+
+def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", ax=None, smooth: int = 20,
+                     ylabel: str | None = None):
+    """``key`` (default: busiest expert's load over the mean) against step, one line per run.
+
+    ``ylabel`` defaults to a readable name of the statistic (``STAT_LABELS``), not its key."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -188,7 +203,8 @@ def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", a
             steps = steps[smooth - 1:]
         ax.plot(steps, v.tolist(), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(key.removeprefix("ffn/"))
+    stat = key.removeprefix("ffn/")
+    ax.set_ylabel(ylabel or STAT_LABELS.get(stat, stat))
     ax.legend()
     return ax
 
