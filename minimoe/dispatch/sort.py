@@ -193,22 +193,31 @@ class _SortedExpertFFN(torch.autograd.Function):
 
 
 def expert_ffn_gathered(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                        w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None
-                        ) -> torch.Tensor:
-    """Decoding's shortcut: gather each assignment's expert weights and run them as one batched matmul.
+                        w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None,
+                        views: bool | None = None) -> torch.Tensor:
+    """Decoding's shortcut: run each of the R = N·k assignments through its expert directly.
 
-    With a handful of tokens (one per sequence when decoding) there is nothing to sort: copying the
-    R = N·k chosen experts' weights, (R, d, h) each, and one ``bmm`` per matrix beats a grouped matmul
-    over E mostly empty groups. Same function as ``expert_ffn_loop``; no autograd (inference only).
+    With a handful of tokens (one per sequence when decoding) there is nothing to sort, and a grouped
+    matmul over E mostly empty groups is all overhead. On a CPU each assignment multiplies by views of
+    its expert's weights (no copy; reading its ids is free there). On a GPU the R experts' weights are
+    gathered, (R, d, h) each, into one batched matmul, so the host never reads an id. Same function
+    as ``expert_ffn_loop``; no autograd (inference only). ``views``: force one way (None: by device).
     """
     n, k = topk_idx.shape
     ids = topk_idx.reshape(-1)  # (R,)
-    xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
-    act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
-    y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
     w = topk_weight.reshape(-1, 1).float()  # (R, 1)
     if token_mask is not None:
         w = w * token_mask.repeat_interleave(k)[:, None]  # PAD: weight 0
+    if views if views is not None else x.device.type == "cpu":
+        rows = []
+        for r, e in enumerate(ids.tolist()):
+            xr = x[r // k]  # (d,)
+            rows.append((F.silu(xr @ w_gate[e]) * (xr @ w_up[e])) @ w_down[e])  # (d,)
+        y = torch.stack(rows).float() if rows else x.new_zeros(0, x.shape[1], dtype=torch.float32)  # (R, d)
+    else:
+        xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
+        act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
+        y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
     return (y * w).view(n, k, -1).sum(dim=1).to(x.dtype)  # (N, d), summed in fp32
 
 
