@@ -70,6 +70,24 @@ def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int], 
     return _AllToAll.apply(x, recv_splits, send_splits, group)
 
 
+def exchange_reference(xs: list[torch.Tensor], send_splits: list[list[int]]) -> list[torch.Tensor]:
+    """What an all-to-all delivers, computed in one process, from every rank's rows.
+
+    ``xs[s]`` holds rank s's rows, the first ``send_splits[s][0]`` for rank 0, the next for rank 1,
+    and so on. Rank r receives, in rank order, the rows every rank s sends it. The backward pass is
+    the same exchange with the splits transposed: ``exchange_reference(grads, recv_splits)`` with
+    ``recv_splits[r][s] = send_splits[s][r]``.
+    """
+    world = len(xs)
+    if len(send_splits) != world or any(len(row) != world for row in send_splits):
+        raise ValueError(f"send_splits: need {world} lists of {world} counts, one per rank")
+    for s, (x, row) in enumerate(zip(xs, send_splits)):
+        if sum(row) != x.shape[0]:
+            raise ValueError(f"send_splits[{s}]: sums to {sum(row)}, but rank {s} has {x.shape[0]} rows")
+    pieces = [x.split(row) for x, row in zip(xs, send_splits)]  # pieces[s][r]: rows s sends to r
+    return [torch.cat([pieces[s][r] for s in range(world)]) for r in range(world)]
+
+
 def experts_per_rank(n_experts: int, world: int) -> int:
     if world < 1 or n_experts % world:
         raise ValueError(f"n_experts: got {n_experts}, need a multiple of the world size {world}")
@@ -375,6 +393,7 @@ def _forward_backward(fn: Callable, x: torch.Tensor, *rest: Any) -> dict:
 
 
 RANK_DRIVERS: dict[str, Callable] = {"call": _call, "forward_backward": _forward_backward}
+RANK_TIMEOUT_S = 20.0  # what the grader gives a student's collective before calling it hung
 
 
 class _OnRank:

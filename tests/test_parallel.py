@@ -273,3 +273,23 @@ def test_call_on_ranks_reports_failures_and_hangs():
         call_on_ranks(_not_written, 2, [(0,)])
     with pytest.raises(ValueError, match="driver"):
         call_on_ranks(_not_written, 2, [(0,), (1,)], driver="nope")
+
+
+def test_exchange_reference_is_what_the_package_all_to_all_delivers():
+    from minimoe.parallel import exchange_reference
+
+    g = torch.Generator().manual_seed(0)
+    send = [[2, 0, 1], [1, 3, 0], [0, 0, 0]]  # rank 2 sends nothing, rank 0 sends rank 1 nothing
+    recv = [[send[s][r] for s in range(3)] for r in range(3)]
+    xs = [torch.randn(sum(row), 4, generator=g) for row in send]
+    ys = exchange_reference(xs, send)
+    grads = [torch.randn(y.shape, generator=g) for y in ys]
+    ranks = call_on_ranks(all_to_all, 3, [(xs[r], recv[r], send[r], grads[r]) for r in range(3)],
+                          driver="forward_backward")
+    for r, res in enumerate(ranks):
+        assert torch.equal(res["y"], ys[r])
+        assert torch.equal(res["dx"], exchange_reference(grads, recv)[r])
+    with pytest.raises(ValueError, match="send_splits"):
+        exchange_reference(xs, [[2, 0, 1], [1, 3, 0]])
+    with pytest.raises(ValueError, match=r"send_splits\[1\]"):
+        exchange_reference(xs, [[2, 0, 1], [1, 1, 0], [0, 0, 0]])
