@@ -55,3 +55,47 @@ def test_all_to_all_checks_pass_the_package_and_fail_common_mistakes():
     assert not same["backward: each row's gradient goes back to the rank it came from"]
     flat = _score("09.all_to_all", all_to_all=_flat_rows)
     assert not flat["three ranks, a rank with nothing to send, rows of more than one dimension"]
+
+
+# --- 08.kv_bytes and 08.absorbed_decode --------------------------------------------------------------
+
+def _kv_bytes(config, bytes_per_element, head_dim=None):
+    if config["attention"] == "mla":
+        per_layer = config["kv_lora_rank"] + config["qk_rope_head_dim"]
+    else:
+        heads = config["n_kv_heads"] if config["attention"] == "gqa" else config["n_heads"]
+        per_layer = 2 * heads * (head_dim(config) if head_dim else config["head_dim"])
+    return config["n_layers"] * per_layer * bytes_per_element
+
+
+def test_kv_bytes_needs_the_configs_head_dim():
+    assert all(_score("08.kv_bytes", kv_bytes_per_token=_kv_bytes).values())
+    from_width = _score("08.kv_bytes", kv_bytes_per_token=lambda c, b: _kv_bytes(
+        c, b, head_dim=lambda cfg: cfg["d_model"] // cfg["n_heads"]))
+    assert not from_width["multi-head attention"] and not from_width["grouped-query attention"]
+    assert from_width["multi-head latent attention"]
+
+
+def _absorbed(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, scale_width=None, stable=True):
+    width = q_nope.shape[0] + q_rope.shape[0] if scale_width is None else scale_width(c_kv, q_rope)
+    q_lat = w_uk.T @ q_nope
+    scores = (c_kv @ q_lat + k_rope @ q_rope) / width ** 0.5
+    p = torch.softmax(scores, 0) if stable else scores.exp() / scores.exp().sum()
+    out_lat = p @ c_kv
+    return w_uv @ out_lat, q_lat, out_lat
+
+
+def test_absorbed_decode_checks_catch_the_usual_mistakes():
+    for seed in (0, 1):
+        assert all(_score("08.absorbed_decode", seed, absorbed_decode=_absorbed).values())
+    # scaled by the absorbed width (d_c + d_rope) instead of the original query's
+    wide = _score("08.absorbed_decode", absorbed_decode=lambda *a: _absorbed(
+        *a, scale_width=lambda c_kv, q_rope: c_kv.shape[1] + q_rope.shape[0]))
+    assert not wide["the output equals the naive form's"]
+    assert not wide["the query moved into the latent space, the output read from the latents"]
+    unstable = _score("08.absorbed_decode", absorbed_decode=lambda *a: _absorbed(*a, stable=False))
+    assert unstable["the output equals the naive form's"]
+    assert not unstable["one cached token, and scores too large for a plain exp"]
+    only_y = _score("08.absorbed_decode", absorbed_decode=lambda *a: (_absorbed(*a)[0], None, None))
+    assert only_y["the output equals the naive form's"]
+    assert not only_y["the query moved into the latent space, the output read from the latents"]
