@@ -7,9 +7,9 @@ Each kind is one attention layer of width 1024 with 16 heads of 64 (MLA in DeepS
 proportions: a latent of 4 head widths, RoPE keys half a head wide), float32, for each batch size
 (sequences decoded together, each with its own cache). For each
 context length L the layer's cache holds L random tokens, and one new token's step (projections,
-cache write, attention over L + 1 tokens, output) is timed after a warm-up: the median and the
-fastest of --repeats (``minimoe.generate.decode_step_seconds``; on a shared machine the fastest is
-the steadier estimate of the uncontended cost). Next to each time: the attention's own FLOPs and cache
+cache write, attention over L + 1 tokens, output) is timed after a warm-up: the fastest of
+--repeats (``minimoe.generate.decode_step_seconds(best=True)``; on a shared machine the fastest is
+the steadier estimate of the uncontended cost than the median). Next to each time: the attention's own FLOPs and cache
 bytes (``minimoe.recipe.decode_attention_cost``). With --record, the results, the command, the
 machine and its load are written as JSON: chapter 08 loads that file as its shipped record.
 """
@@ -43,14 +43,13 @@ KINDS = {  # name: (config, impl)
 
 
 def sweep(contexts: list[int], repeats: int, batch: int = 1, kinds: dict = KINDS) -> dict:
-    """Seconds per decoding step (median and fastest), FLOPs and cache bytes (fp32, the whole batch)
-    per kind and context."""
+    """Seconds per decoding step (the fastest of ``repeats``), FLOPs and cache bytes (fp32, the whole
+    batch) per kind and context."""
     out = {}
     for name, (cfg, impl) in kinds.items():
         costs = [recipe.decode_attention_cost(cfg, n, absorbed=impl != "naive", bytes_per_element=4) for n in contexts]
         out[name] = {"config": dict(vars(cfg)), "impl": impl,
-                     "seconds": [decode_step_seconds(cfg, n, impl, batch, repeats) for n in contexts],
-                     "seconds_best": [decode_step_seconds(cfg, n, impl, batch, repeats, best=True) for n in contexts],
+                     "seconds": [decode_step_seconds(cfg, n, impl, batch, repeats, best=True) for n in contexts],
                      "flops": [batch * c["flops"] for c in costs],
                      "cache_bytes": [batch * c["cache_bytes"] for c in costs]}
     return out
@@ -70,15 +69,14 @@ def main() -> None:
     sweeps = {}
     for batch in (int(b) for b in args.batches.split(",")):
         results = sweeps[f"batch {batch}"] = sweep(contexts, args.repeats, batch)
-        print(f"one attention layer's decoding step, batch {batch}: ms, median (fastest) of {args.repeats}, "
+        print(f"one attention layer's decoding step, batch {batch}: ms, the fastest of {args.repeats}, "
               f"float32, {args.threads} thread(s)")
-        print(f"{'context':>8}" + "".join(f"{name:>22}" for name in results))
+        print(f"{'context':>8}" + "".join(f"{name:>17}" for name in results))
         for i, n in enumerate(contexts):
-            print(f"{n:>8}" + "".join(f"{r['seconds'][i] * 1e3:>13.3f} ({r['seconds_best'][i] * 1e3:6.3f})"
-                                      for r in results.values()))
+            print(f"{n:>8}" + "".join(f"{r['seconds'][i] * 1e3:>17.3f}" for r in results.values()))
     load_after = os.getloadavg()
     print("the attention's FLOPs per byte of cache read (fp32), the same at every context and batch:")
-    print("        " + "".join(f"{r['flops'][0] / r['cache_bytes'][0]:>22.3g}" for r in results.values()))
+    print("        " + "".join(f"{r['flops'][0] / r['cache_bytes'][0]:>17.3g}" for r in results.values()))
     print(f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if args.record:
         record = {
@@ -87,6 +85,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or 'cpu'}",
             "torch": torch.__version__, "threads": args.threads, "seed": 0, "repeats": args.repeats,
+            "statistic": f"the fastest of {args.repeats} decoding steps, after a warm-up",
             "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
             "contexts": contexts, "sweeps": sweeps,
         }

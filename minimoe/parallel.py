@@ -10,8 +10,8 @@ Experts are sharded across ranks: rank r holds experts [r·E/W, (r+1)·E/W). One
   each row's experts, weighted, right there (a combiner, in MapReduce's words); a second all-to-all
   returns one row per (token, rank) to the token's home, which adds them up.
 
-Both all-to-alls are differentiable (``torch.distributed.nn.functional``), so the backward pass
-runs the same exchange in reverse. It works with gloo between CPU processes and NCCL between GPUs,
+Both all-to-alls are differentiable (``all_to_all``, an autograd Function around
+``all_to_all_single``), so the backward pass runs the same exchange in reverse. It works with gloo between CPU processes and NCCL between GPUs,
 launched by ``torchrun`` or by ``launch`` below (``torch.multiprocessing``); there is no transport
 of our own. Node-limited routing (``limit_ranks``) confines each token to at most M ranks, as
 DeepSeek-V3 confines each token to 4 nodes, which cuts the bytes exchanged.
@@ -21,8 +21,9 @@ Measuring and running:
 - ``record_all_to_all``: every ``all_to_all_single`` call in a block, with the bytes of the tensors
   it was handed, per destination rank, forward and backward (``predicted_bytes`` predicts them
   from the routing alone);
-- ``launch`` (spawned processes, for importable functions) and ``call_on_ranks`` (forked
-  processes, for functions defined in a notebook, which spawned processes cannot import);
+- ``launch`` (``fn(rank, world, ...)`` on ranks forked for CPUs, spawned for GPUs) and
+  ``call_on_ranks`` (any function, a notebook's included, on forked CPU ranks, with a driver that
+  can run its backward pass too);
 - ``train_worker``: expert-parallel training that checkpoints and resumes bit for bit, into one
   ordinary checkpoint (experts and their optimizer state gathered); ``main`` runs it under torchrun.
 """
