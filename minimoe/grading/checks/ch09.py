@@ -121,6 +121,16 @@ def _ranks(student: Student, world: int, args: list, driver: str) -> list:
     return list(expect_tuple(out, world, f"all_to_all should give one result per rank ({world})"))
 
 
+def _expect_forward_backward(student: Student, args: list, ys: list, dxs: list) -> None:
+    """Run the student's all_to_all forward and backward on len(args) ranks; compare each rank's result and dL/dx."""
+    outs = _ranks(student, len(args), args, "forward_backward")
+    for r, (got, y, dx) in enumerate(zip(outs, ys, dxs)):
+        if not isinstance(got, dict) or "y" not in got or "dx" not in got:
+            raise AssertionError(f"rank {r} gave no result")
+        expect_close(got["y"], y, f"rank {r}'s result")
+        expect_close(got["dx"], dx, f"rank {r}'s gradient with respect to x")
+
+
 @exchange.check("forward: each rank receives the rows sent to it, in rank order", points=2,
                 hint="all_to_all_single(out, x, recv_splits, send_splits): out has sum(recv_splits) rows "
                      "and the rows' other dimensions; recv comes before send in its arguments")
@@ -135,23 +145,12 @@ def _a2a_forward(student: Student, rng: torch.Generator) -> None:
                 hint="wrap the exchange in a torch.autograd.Function; its backward is the same exchange "
                      "with the two split lists swapped, and returns None for the splits")
 def _a2a_backward(student: Student, rng: torch.Generator) -> None:
-    args, ys, dxs = _exchange_case(rng, 2, (_int(rng, 1, 6),))
-    outs = _ranks(student, 2, args, "forward_backward")
-    for r, (got, y, dx) in enumerate(zip(outs, ys, dxs)):
-        if not isinstance(got, dict) or "y" not in got or "dx" not in got:
-            raise AssertionError(f"rank {r} gave no result")
-        expect_close(got["y"], y, f"rank {r}'s result")
-        expect_close(got["dx"], dx, f"rank {r}'s gradient with respect to x")
+    _expect_forward_backward(student, *_exchange_case(rng, 2, (_int(rng, 1, 6),)))
 
 
 @exchange.check("three ranks, a rank with nothing to send, rows of more than one dimension", points=1,
                 hint="size the output from recv_splits and x.shape[1:], not from x.shape[0]; a rank may "
                      "send or receive no rows at all and must still take part in the exchange")
 def _a2a_edges(student: Student, rng: torch.Generator) -> None:
-    args, ys, dxs = _exchange_case(rng, 3, (_int(rng, 1, 3), _int(rng, 1, 3)), empty_rank=_int(rng, 0, 2))
-    outs = _ranks(student, 3, args, "forward_backward")
-    for r, (got, y, dx) in enumerate(zip(outs, ys, dxs)):
-        if not isinstance(got, dict) or "y" not in got or "dx" not in got:
-            raise AssertionError(f"rank {r} gave no result")
-        expect_close(got["y"], y, f"rank {r}'s result")
-        expect_close(got["dx"], dx, f"rank {r}'s gradient with respect to x")
+    _expect_forward_backward(student, *_exchange_case(rng, 3, (_int(rng, 1, 3), _int(rng, 1, 3)),
+                                                      empty_rank=_int(rng, 0, 2)))
