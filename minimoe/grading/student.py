@@ -58,3 +58,18 @@ class LocalStudent:
 
     def value(self, name: str) -> Any:
         return plain(self._lookup(name), f"`{name}`")
+
+    def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list:
+        from minimoe.parallel import RANK_TIMEOUT_S, DistributedError, call_on_ranks
+
+        fn = self._lookup(name)
+        if not callable(fn):
+            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
+        args_per_rank = copy.deepcopy(args_per_rank)
+        try:
+            out = call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S)
+        except NotImplementedError:
+            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+        except (DistributedError, RuntimeError) as e:
+            raise StudentError(f"`{name}` on {world} ranks: {e}") from None
+        return plain(out, f"what `{name}` returned on {world} ranks")
