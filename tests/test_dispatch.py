@@ -120,6 +120,22 @@ def run_cases(backend: str, dtype_name: str) -> None:
     for case in CASES:
         compare(backend, case, getattr(torch, dtype_name))
     print(f"{backend} {dtype_name}: {len(CASES)} cases equal the loop")
+    print(f"{backend} keeps {saved_hidden(backend)} (rows, hidden) tensors for backward")
+
+
+def saved_hidden(backend: str) -> int:
+    """How many (N·k, h)-shaped tensors the backend's autograd node keeps for backward (g and u: 2; act: no)."""
+    n, d, h, e, k = 16, 32, 24, 4, 2
+    tensors = make_case(n, d, h, e, k, "random", torch.float32)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        expert_ffn(*tensors, backend=backend)
+    return shapes.count((n * k, h))
 
 
 # --- the torch path ------------------------------------------------------------------------------
@@ -215,6 +231,11 @@ def test_triton_equals_loop_in_the_interpreter(dtype):
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{len(CASES)} cases equal the loop" in proc.stdout
+    assert "triton keeps 2 (rows, hidden) tensors for backward" in proc.stdout  # g and u; act is rebuilt
+
+
+def test_the_torch_path_rebuilds_act_instead_of_keeping_it():
+    assert saved_hidden("torch") == 2  # g and u
 
 
 @needs_triton
@@ -312,3 +333,65 @@ def test_host_reads_sees_boolean_mask_indexing_and_item():
         x[1:3] * 2  # a slice is metadata: no read
     assert [r.call for r in reads.found] == ["indexing with a boolean mask", "item"]
     assert all("test_dispatch.py" in r.where for r in reads.found)
+
+
+# --- kernel engineering: the tiles autotune chooses from -----------------------------------------------
+
+from minimoe.dispatch import tuning  # noqa: E402
+
+
+@pytest.mark.parametrize("limit,name", [(101_376, "sm86/sm89"), (166_912, "sm80"), (232_448, "sm90")])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_every_gemm_tile_kept_fits_the_shared_memory(limit, name, mode):
+    for nbytes in (2, 4):
+        tiles = tuning.gemm_tiles(nbytes, limit, mode, block_m=64)
+        assert tiles, name
+        for t in tiles:
+            need = tuning.shared_memory_bytes(t, nbytes, 64, dual_a=mode == 3, dual_b=mode in (1, 3))
+            assert need <= limit or t == tuning.FALLBACK_GEMM, (name, t, need)
+            assert t.kwargs["BLOCK_K"] == 64 if nbytes == 2 else t.kwargs["BLOCK_K"] <= 32  # 16 bits: K by 64
+    for dual in (False, True):
+        for t in tuning.weight_grad_tiles(2, limit, dual):
+            assert tuning.shared_memory_bytes(t, 2, dual_b=dual, weight_grad=True) <= limit
+
+
+def test_the_99kb_gpus_lose_the_deep_pipelines_and_the_fallback_always_fits():
+    big = tuning.gemm_tiles(2, 232_448, mode=1, block_m=64)
+    small = tuning.gemm_tiles(2, 101_376, mode=1, block_m=64)
+    assert len(small) < len(big) and set(small) <= set(big)
+    assert tuning.gemm_tiles(2, 10_000, mode=3, block_m=64) == [tuning.FALLBACK_GEMM]  # nothing fits: the fallback
+    assert tuning.weight_grad_tiles(2, 10_000, dual=True) == [tuning.FALLBACK_WEIGHT_GRAD]
+    for mode in range(4):
+        assert tuning.shared_memory_bytes(tuning.FALLBACK_GEMM, 2, 64, mode == 3, mode in (1, 3)) <= 65_536
+    assert tuning.shared_memory_bytes(tuning.FALLBACK_WEIGHT_GRAD, 2, dual_b=True, weight_grad=True) <= 65_536
+    # the weight gradient sums over an expert's rows: a 128 x 128 block of dW per program
+    assert any(t.kwargs["BLOCK_K"] == t.kwargs["BLOCK_N"] == 128 for t in tuning.WEIGHT_GRAD_CANDIDATES)
+
+
+@needs_triton
+def test_pruning_picks_by_device_and_keeps_one_tile_in_the_interpreter(monkeypatch):
+    import types
+
+    configs = tuning.triton_configs(tuning.GEMM_CANDIDATES)
+    a = torch.empty(4, 4, dtype=torch.bfloat16)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    (only,) = tuning.prune_gemm(configs, {"a_ptr": a}, MODE=1, BLOCK_M=16)
+    assert only.kwargs == tuning.INTERPRETER_GEMM.kwargs
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for (major, minor), limit in [((8, 6), 101_376), ((9, 0), 232_448)]:
+        props = types.SimpleNamespace(major=major, minor=minor)  # no shared_memory_per_block_optin: the table
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, p=props: p)
+        kept = tuning.prune_gemm(configs, {"a_ptr": a}, MODE=1, BLOCK_M=64)
+        assert kept and all(c.kwargs["BLOCK_K"] == 64 for c in kept)
+        assert all(tuning.shared_memory_bytes(tuning._tile(c.num_warps, c.num_stages, **c.kwargs), 2, 64,
+                                              dual_b=True) <= limit for c in kept)
+    wg = tuning.prune_weight_grad(tuning.triton_configs(tuning.WEIGHT_GRAD_CANDIDATES), {"a_ptr": a}, DUAL=True)
+    assert wg and all(c.kwargs["BLOCK_K"] * c.kwargs["BLOCK_N"] >= 64 * 64 for c in wg)
+
+
+@needs_triton
+def test_the_host_launches_the_autotuned_kernels():
+    mod = triton_path.kernels()
+    assert type(mod.grouped_mm).__name__ == "Autotuner" and mod.grouped_mm.keys == ["K", "N", "MODE"]
+    assert len(mod.grouped_mm.configs) == len(tuning.GEMM_CANDIDATES)
+    assert mod.grouped_weight_grad.keys == ["K", "N", "DUAL", "A_SWIGLU"]

@@ -149,13 +149,14 @@ class _SortedExpertFFN(torch.autograd.Function):
             ws = torch.where(valid[:, 0], ws, 0.0)
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, token, y.float() * ws[:, None])  # (N, d) fp32 combine
-        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid)
+        # act is not saved: backward rebuilds it from g and u (one elementwise pass instead of R·h bytes kept)
+        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid)
         ctx.use_gmm, ctx.k, ctx.weight_dtype = use_gmm, k, topk_weight.dtype
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid = ctx.saved_tensors
+        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid = ctx.saved_tensors
         gmm = ctx.use_gmm
         n, k = x.shape[0], ctx.k
         dout_rows = dout.float().index_select(0, token)  # (R, d) each row's upstream gradient
@@ -167,7 +168,11 @@ class _SortedExpertFFN(torch.autograd.Function):
             dtopk[order] = dw_rows  # back to the (n, j) layout
             dtopk = dtopk.view(n, k).to(ctx.weight_dtype)
         da = grouped_mm(dy, w_down.transpose(1, 2), offsets, gmm)  # (R, h)
-        d_down = grouped_mm_weight_grad(act, dy, offsets, gmm) if ctx.needs_input_grad[5] else None  # (E, h, d)
+        d_down = None
+        if ctx.needs_input_grad[5]:
+            act = F.silu(g) * u  # (R, h) the forward's act, bit for bit (same ops, same dtype)
+            d_down = grouped_mm_weight_grad(act, dy, offsets, gmm)  # (E, h, d)
+            del act
         f = torch.promote_types(x.dtype, torch.float32)  # elementwise math in fp32 (fp64 stays fp64)
         gf, uf, daf = g.to(f), u.to(f), da.to(f)
         sg = torch.sigmoid(gf)
