@@ -89,6 +89,10 @@ def __minimoe_call__(path_in, path_out, name, kind):
                 if not callable(obj):
                     raise TypeError(f"`{{name}}` is a {{type(obj).__name__}}, not a function")
                 value = obj(*payload["args"], **payload["kwargs"])
+            elif kind == "launch":
+                from minimoe.grading.student import launch_kernel
+                meta = dict(payload["kwargs"])
+                value = launch_kernel(obj, meta.pop("__grid__"), payload["args"], meta)
             else:
                 value = obj
             try:
@@ -305,3 +309,6 @@ class RemoteStudent:
 
     def value(self, name: str) -> Any:
         return self.session.call(name, kind="value")
+
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
+        return self.session.call(name, *args, kind="launch", __grid__=tuple(grid), **meta)

@@ -18,11 +18,18 @@ import torch
 
 
 class Student(Protocol):
-    """How a check reaches the student's code. Results are plain tensors, numbers and containers."""
+    """How a check reaches the student's code. Results are plain tensors, numbers and containers.
+
+    ``launch`` runs a student's ``@triton.jit`` kernel itself, on the check's grid and arguments,
+    and returns every argument after the launch (the tensors the kernel wrote into): the check
+    exercises the kernel, not a Python wrapper the student could write around it.
+    """
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def value(self, name: str) -> Any: ...
+
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list: ...
 
 
 class StudentError(Exception):
