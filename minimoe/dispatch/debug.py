@@ -15,6 +15,8 @@ on a CPU: ``HostReads`` is a ``TorchFunctionMode`` that sees every torch call ma
 
 Each entry of ``found`` names the call and the innermost line of minimoe (or of the caller)
 that made it, so a notebook can show *where* a sync happens, not only that one does.
+
+Chapter 06 shows it at work; ``tests/test_dispatch.py`` uses it (strict) on every sync-free path.
 """
 
 from __future__ import annotations
@@ -38,25 +40,36 @@ READS = {
 
 @dataclass(frozen=True)
 class HostRead:
-    """One read: what was called, and the source line that called it."""
+    """One read: what was called, and the file, line and function that called it."""
 
     call: str
-    where: str
+    file: str  # relative to the package (``moe/layer.py``), else the file's name
+    line: int
+    function: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+    @property
+    def brief(self) -> str:
+        """Without the line number (stable when the file is edited): ``tolist in grouped_mm (dispatch/sort.py)``."""
+        return f"{self.call} in {self.function} ({self.file})"
 
     def __str__(self) -> str:
         return f"{self.call} at {self.where}"
 
 
-def _caller() -> str:
-    """The innermost frame outside torch and this module: ``file.py:line in function``."""
+def _caller(call: str) -> HostRead:
+    """The read, placed at the innermost frame outside torch and this module."""
     frame = sys._getframe(2)
     while frame is not None:
-        name = frame.f_code.co_filename
+        name = frame.f_code.co_filename.replace("\\", "/")
         if "/torch/" not in name and not name.endswith("dispatch/debug.py"):
-            short = name.split("/minimoe/", 1)[-1] if "/minimoe/" in name else name.rsplit("/", 1)[-1]
-            return f"{short}:{frame.f_lineno} in {frame.f_code.co_name}"
+            short = name.rsplit("/minimoe/", 1)[-1] if "/minimoe/" in name else name.rsplit("/", 1)[-1]
+            return HostRead(call, short, frame.f_lineno, frame.f_code.co_name)
         frame = frame.f_back
-    return "?"
+    return HostRead(call, "?", 0, "?")
 
 
 class HostReads(TorchFunctionMode):
@@ -71,7 +84,7 @@ class HostReads(TorchFunctionMode):
         self.found: list[HostRead] = []
 
     def _read(self, call: str) -> None:
-        read = HostRead(call, _caller())
+        read = _caller(call)
         self.found.append(read)
         if self.strict:
             raise AssertionError(f"{call} reads a device value back to the host ({read.where})")
@@ -86,5 +99,9 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
     def where(self) -> list[str]:
-        """The distinct places that read, in the order first seen."""
+        """The distinct places that read (with line numbers), in the order first seen."""
         return list(dict.fromkeys(str(r) for r in self.found))
+
+    def brief(self) -> list[str]:
+        """The distinct places that read, without line numbers, in the order first seen."""
+        return list(dict.fromkeys(r.brief for r in self.found))
