@@ -44,16 +44,42 @@ def test_torch_tensor_from_python_data_is_counted():
     del t
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, None), (torch.bfloat16, None),
+                                            (torch.float32, torch.bfloat16)], ids=["fp32", "bf16", "mixed"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
-def test_categories_equal_the_prediction_to_the_byte(dtype, checkpointing):
-    prof, est = profile_training_step(SMALL, batch=3, seq_len=16, dtype=dtype, checkpointing=checkpointing)
+def test_categories_equal_the_prediction_to_the_byte(dtype, autocast, checkpointing):
+    prof, est = profile_training_step(SMALL, batch=3, seq_len=16, dtype=dtype, checkpointing=checkpointing,
+                                      autocast=autocast)
     last = prof.at_exit()
+    assert est.exact_activations
     assert last["parameters"] == est.parameters == count_params(SMALL).total * dtype.itemsize
     assert last["gradients"] == est.gradients
     assert last["optimizer"] == est.optimizer
     assert prof.at_phase_end("forward")["activations"] == est.activations
     assert prof.baseline == est.parameters + est.optimizer  # gradients were set to None before the step
+
+
+def test_mixed_precision_keeps_16_bytes_per_parameter_and_12_with_bf16_moments():
+    n = count_params(SMALL).total
+    tensors = sum(1 for _ in build_model(SMALL).parameters())
+    for state, per_param in ((None, 16), ("bfloat16", 12)):
+        prof, est = profile_training_step(SMALL, batch=2, seq_len=8, autocast="bfloat16", state_dtype=state)
+        last = prof.at_exit()
+        assert last["parameters"] + last["gradients"] + last["optimizer"] == per_param * n + 4 * tensors
+        assert last["parameters"] == est.parameters and last["optimizer"] == est.optimizer
+    mixed = estimate_memory(SMALL, 2, 8, autocast="bfloat16")
+    pure = estimate_memory(SMALL, 2, 8, dtype="bfloat16")
+    assert mixed.parameters == 2 * pure.parameters and mixed.logits == pure.logits  # bf16 logits either way
+    with pytest.raises(ValueError, match="autocast"):
+        estimate_memory(SMALL, 2, 8, dtype="bfloat16", autocast="bfloat16")
+
+
+@pytest.mark.parametrize("batch,seq_len", [(3, 16), (1, 2)], ids=["activations dominate", "weights dominate"])
+@pytest.mark.parametrize("kwargs", [{}, {"autocast": "bfloat16"}, {"checkpointing": True}], ids=["fp32", "mixed", "ckpt"])
+def test_the_peak_lies_above_its_lower_bound(batch, seq_len, kwargs):
+    prof, est = profile_training_step(SMALL, batch=batch, seq_len=seq_len, **kwargs)
+    assert est.peak_lower == max(est.forward_end + est.rebuilt, est.steady)
+    assert est.peak_lower <= prof.peak < 1.5 * est.peak_lower  # backward's and the optimizer's working space on top
 
 
 def test_bf16_optimizer_state_halves_the_moments():
