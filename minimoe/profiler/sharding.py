@@ -91,6 +91,23 @@ def shard(n: int, group: int) -> int:
     return -(-n // group)
 
 
+def state_per_gpu(dense: int, expert: int, world: int, zero: int = 0, ep: int = 1,
+                  precision: Precision = MIXED) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes on one of ``world`` data-parallel GPUs that holds ``dense``
+    replicated parameters and ``expert`` routed-expert parameters (its own 1/ep of them).
+
+    ZeRO stage ``zero`` shards the optimizer state (1 and up), the gradients (2 and up) and the weights (3)
+    within each parameter's data-parallel group: all ``world`` GPUs for a dense parameter, the
+    ``world / ep`` GPUs holding the same experts for an expert parameter. A shard of n is ceil(n / group).
+    """
+    groups = ((dense, world), (expert, world // ep))
+
+    def held(stage: int, per_param: int) -> int:
+        return sum((shard(n, g) if zero >= stage else n) * per_param for n, g in groups if n)
+
+    return held(3, precision.weights), held(2, precision.gradients), held(1, precision.moments)
+
+
 def sharded_memory(config: ModelConfig | str | dict, world: int, zero: int = 0, ep: int = 1, pp: int = 1,
                    precision: Precision = MIXED) -> ShardedBytes:
     """Bytes of weights, gradients and optimizer state on one GPU of ``world``.
@@ -105,13 +122,8 @@ def sharded_memory(config: ModelConfig | str | dict, world: int, zero: int = 0, 
     expert = expert_parameters(cfg)
     dense = count_params(cfg).total - expert
     dense_here, expert_here = math.ceil(dense / pp), math.ceil(expert / (pp * ep))
-    groups = ((dense_here, world // pp), (expert_here, world // (pp * ep)))
-
-    def held(stage: int, per_param: int) -> int:
-        return sum((shard(n, g) if zero >= stage else n) * per_param for n, g in groups if n)
-
-    return ShardedBytes(held(3, precision.weights), held(2, precision.gradients), held(1, precision.moments),
-                        dense_here, expert_here)
+    weights, grads, moments = state_per_gpu(dense_here, expert_here, world // pp, zero, ep, precision)
+    return ShardedBytes(weights, grads, moments, dense_here, expert_here)
 
 
 # --- counted: the course's model across real processes ---------------------------------------------------
