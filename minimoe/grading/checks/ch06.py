@@ -189,8 +189,8 @@ def _tile_case(student: Student, rng: torch.Generator, counts: list[int], k: int
 
 
 @tiles.check("one expert per tile, float32", points=2,
-             hint="program (t, j): load tile_expert[t], tile_start[t], tile_end[t]; rows = start + arange(BLOCK_M); "
-                  "loop k0 over K in steps of BLOCK_K, acc = tl.dot(a_tile, w_tile, acc) with w_tile from W[e]")
+             hint="program (t, j) reads its expert, first and last row from the three tile tables; its rows are "
+                  "start + arange(BLOCK_M); step through K by BLOCK_K, accumulating A's tile times W[e]'s in float32")
 def _tile_fp32(student: Student, rng: torch.Generator) -> None:
     _tile_case(student, rng, [20, 5, 16], k=32, n=32, dtype=torch.float32, block=(16, 16, 16), spare=0,
                shuffle=False, what="tile_matmul_kernel, 3 experts, K = N = 32, float32")
@@ -245,8 +245,8 @@ def _wgrad_case(student: Student, rng: torch.Generator, counts: list[int], k: in
 
 
 @wgrad.check("each expert's rows, float32", points=2,
-             hint="program (e, i, j): rows start[e] .. end[e]; loop m0 over them in steps of BLOCK_M, load an "
-                  "(BLOCK_M, BLOCK_K) tile of A and a (BLOCK_M, BLOCK_N) tile of G, acc = tl.dot(tl.trans(a), g, acc)")
+             hint="program (e, i, j) owns one block of dW[e]: step through expert e's rows (start[e] to end[e]) by "
+                  "BLOCK_M and accumulate the transposed A tile times the G tile")
 def _wgrad_fp32(student: Student, rng: torch.Generator) -> None:
     _wgrad_case(student, rng, [16, 32, 48], k=32, n=32, dtype=torch.float32, block=(16, 16, 16),
                 what="expert_weight_grad_kernel, 3 experts, float32")
