@@ -296,11 +296,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     try:
         prof, est = profile_training_step(args.preset, args.batch, args.seq, dtype=args.dtype,
                                           checkpointing=args.checkpointing, device=args.device,
-                                          crosscheck=args.crosscheck)
+                                          crosscheck=args.crosscheck, autocast=args.autocast)
     except (ValueError, TypeError) as e:
         print(f"minimoe profile: {e}", file=sys.stderr)
         return 2
     print(f"one training step of {args.preset}: batch {args.batch} x {args.seq} tokens, {args.dtype}, AdamW"
+          f"{f', autocast to {args.autocast}' if args.autocast else ''}"
           f"{', activation checkpointing' if args.checkpointing else ''}, on {args.device}")
     print(format_comparison(prof, est))
     print()
@@ -405,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=_positive(int), default=8)
     pr.add_argument("--seq", type=_positive(int), default=128, help="tokens per sequence (default: 128)")
     pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    pr.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                    help="mixed precision: compute under torch.autocast, fp32 weights and AdamW (with --dtype float32)")
     pr.add_argument("--checkpointing", action="store_true", help="activation checkpointing around each block")
     pr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     pr.add_argument("--crosscheck", action="store_true",

@@ -140,8 +140,7 @@ class _SortedExpertFFN(torch.autograd.Function):
         xs = x.index_select(0, token)  # (R, d) expert-contiguous rows
         g = grouped_mm(xs, w_gate, offsets, use_gmm)  # (R, h)
         u = grouped_mm(xs, w_up, offsets, use_gmm)  # (R, h)
-        silu_g = F.silu(g)  # (R, h), kept for backward: du = da * silu(g)
-        act = silu_g * u  # (R, h)
+        act = F.silu(g) * u  # (R, h)
         y = grouped_mm(act, w_down, offsets, use_gmm)  # (R, d)
         if valid is not None:
             y = torch.where(valid, y, 0.0)
@@ -150,13 +149,14 @@ class _SortedExpertFFN(torch.autograd.Function):
             ws = torch.where(valid[:, 0], ws, 0.0)
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, token, y.float() * ws[:, None])  # (N, d) fp32 combine
-        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid)
+        # act is not saved: backward rebuilds it from g and u (one elementwise pass instead of R·h bytes kept)
+        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid)
         ctx.use_gmm, ctx.k, ctx.weight_dtype = use_gmm, k, topk_weight.dtype
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid = ctx.saved_tensors
+        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid = ctx.saved_tensors
         gmm = ctx.use_gmm
         n, k = x.shape[0], ctx.k
         dout_rows = dout.float().index_select(0, token)  # (R, d) each row's upstream gradient
@@ -169,7 +169,9 @@ class _SortedExpertFFN(torch.autograd.Function):
             dtopk = dtopk.view(n, k).to(ctx.weight_dtype)
         da = grouped_mm(dy, w_down.transpose(1, 2), offsets, gmm)  # (R, h)
         d_down = None
-        if ctx.needs_input_grad[5]:  # act recomputed from what was saved (a multiply; silu needs an exp)
+        silu_g = F.silu(g)  # (R, h): the forward's silu(g), bit for bit (same op, same dtype)
+        if ctx.needs_input_grad[5]:
+            # act is not saved: rebuilt from g and u (one multiply instead of R·h numbers kept)
             d_down = grouped_mm_weight_grad(silu_g * u, dy, offsets, gmm)  # (E, h, d)
         f = torch.promote_types(x.dtype, torch.float32)  # elementwise math in fp32 (fp64 stays fp64)
         gf, daf = g.to(f), da.to(f)

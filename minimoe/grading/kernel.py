@@ -94,6 +94,10 @@ def __minimoe_call__(path_in, path_out, name, kind):
             elif kind == "ranks":  # on forked gloo ranks: world, args per rank, driver
                 from minimoe.parallel import RANK_TIMEOUT_S, call_on_ranks
                 value = call_on_ranks(obj, *payload["args"], timeout_s=RANK_TIMEOUT_S)
+            elif kind == "launch":
+                from minimoe.grading.student import launch_kernel
+                meta = dict(payload["kwargs"])
+                value = launch_kernel(obj, meta.pop("__grid__"), payload["args"], meta)
             else:
                 value = obj
             try:
@@ -313,3 +317,5 @@ class RemoteStudent:
 
     def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list:
         return self.session.call(name, world, list(args_per_rank), driver, kind="ranks")
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
+        return self.session.call(name, *args, kind="launch", __grid__=tuple(grid), **meta)
