@@ -46,7 +46,6 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torc
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-@torch.no_grad()
 def generate(model: Transformer, prompt: torch.Tensor | list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int | None = None, use_cache: bool = True,
              stop_token: int | None = None) -> torch.Tensor:
@@ -71,28 +70,39 @@ def generate(model: Transformer, prompt: torch.Tensor | list[int], max_new_token
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
+    # inference_mode, not just no_grad: autograd keeps no version counters or view records either,
+    # which is most of the per-token overhead of a small model. The tokens are cloned out of it below.
     try:
-        cache = model.new_cache(tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
-        logits = model(tokens, cache=cache).logits[:, -1]  # (B, vocab)
-        out, done = [], torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
-        seq = tokens
-        for _ in range(max_new_tokens):
-            nxt = _pick(logits, temperature, top_k, gen)  # (B,)
-            out.append(nxt)
-            if stop_token is not None:
-                done |= nxt == stop_token
-                if bool(done.all()):
-                    break
-            if len(out) == max_new_tokens:
-                break
-            if cache is not None:
-                logits = model(nxt[:, None], cache=cache).logits[:, -1]
-            else:
-                seq = torch.cat([seq, nxt[:, None]], dim=1)
-                logits = model(seq).logits[:, -1]
-        return torch.stack(out, dim=1)
+        with torch.inference_mode():
+            new = _decode(model, tokens, max_new_tokens, temperature, top_k, gen, use_cache, stop_token)
     finally:
         model.train(was_training)
+    return new.clone()  # an ordinary tensor, usable anywhere (inference tensors cannot enter autograd)
+
+
+def _decode(model: Transformer, tokens: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+            gen: torch.Generator | None, use_cache: bool, stop_token: int | None) -> torch.Tensor:
+    """The decoding loop: one cache for the whole generation, then one position per new token."""
+    device = tokens.device
+    cache = model.new_cache(tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
+    logits = model(tokens, cache=cache).logits[:, -1]  # (B, vocab)
+    out, done = [], torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
+    seq = tokens
+    for _ in range(max_new_tokens):
+        nxt = _pick(logits, temperature, top_k, gen)  # (B,)
+        out.append(nxt)
+        if stop_token is not None:
+            done |= nxt == stop_token
+            if bool(done.all()):
+                break
+        if len(out) == max_new_tokens:
+            break
+        if cache is not None:
+            logits = model(nxt[:, None], cache=cache).logits[:, -1]
+        else:
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            logits = model(seq).logits[:, -1]
+    return torch.stack(out, dim=1)  # (B, n_new)
 
 
 def complete(model: Transformer, prompts: list[str], tokenizer=None, max_new_tokens: int = 120,

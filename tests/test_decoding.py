@@ -138,3 +138,14 @@ def test_decode_step_seconds_times_each_kind_and_checks_its_arguments():
         decode_step_seconds(MLA, 0)
     with pytest.raises(TypeError, match="cfg"):
         decode_step_seconds("tiny", 5)
+
+
+def test_generated_tokens_are_ordinary_tensors_that_can_train():
+    """generate decodes under inference_mode, and hands back tokens that autograd accepts."""
+    model = build_model(GQA, seed=4)
+    prompt = torch.randint(4, GQA.vocab_size, (2, 5))
+    new = generate(model, prompt, 6, temperature=0)
+    assert not new.is_inference() and model.training  # and the model is back in training mode
+    seq = torch.cat([prompt, new], dim=1)
+    model(seq[:, :-1], targets=seq[:, 1:]).loss.backward()
+    assert model.embed.weight.grad is not None
