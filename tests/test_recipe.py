@@ -226,3 +226,8 @@ def test_kv_cache_per_token():
     assert recipe.max_context(v3, 70_272 * 1000, batch=2) == 500
     with pytest.raises(ValueError, match="bytes_per_element"):
         recipe.kv_bytes_per_token(v3, 0)
+
+
+def test_gpu_table_names_the_16_bit_format_of_its_peak():
+    assert recipe.gpu("t4").half == "fp16" and not recipe.gpu("t4").has_bf16  # a T4 has no bf16 units
+    assert {g.half for name, g in recipe.GPUS.items() if name != "t4"} == {"bf16"}
