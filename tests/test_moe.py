@@ -360,3 +360,20 @@ def test_shipped_checkpoints_stay_small():
         if (folder / f"{name}.pt").exists():
             model, info = baked(name)
             assert sum(p.numel() for p in model.parameters()) == recipe.count_params(model.cfg).total
+
+
+def test_plots_label_axes_in_words_and_number_experts_in_whole_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from minimoe.moe.viz import plot_load_curves, plot_load_histogram, readable_label
+
+    assert readable_label("ffn/max_load") == "busiest expert's load / mean load"
+    assert readable_label("ffn/some_new_stat") == "some new stat"
+    ax = plot_load_curves({"run": [{"step": i, "ffn/max_load": 1.0 + i / 10} for i in range(5)]}, smooth=1)
+    assert ax.get_ylabel() == "busiest expert's load / mean load"
+    ax = plot_load_histogram(torch.tensor([0.5, 0.3, 0.2]))
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"share of assignments", "uniform"}

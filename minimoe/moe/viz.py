@@ -108,12 +108,14 @@ def domain_expert_matrix(model, samples, layer: int | None = None, batch_size: i
 def plot_load_histogram(load, ax=None, title: str = ""):
     """A bar per expert: its share of the assignments, with the uniform share as a line."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     load = torch.as_tensor(load, dtype=torch.float32)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 2.5))
-    ax.bar(range(len(load)), load.tolist())
+    ax.bar(range(len(load)), load.tolist(), label="share of assignments")
     ax.axhline(1 / len(load), color="k", ls="--", lw=1, label="uniform")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # expert ids are whole numbers
     ax.set_xlabel("expert")
     ax.set_ylabel("share of tokens")
     ax.set_title(title)
@@ -154,9 +156,33 @@ def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", a
             steps = steps[smooth - 1:]
         ax.plot(steps, v.tolist(), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(key.removeprefix("ffn/"))
+    ax.set_ylabel(readable_label(key))
     ax.legend()
     return ax
+
+
+# How the training record's keys read on a plot's axis.
+LABELS = {
+    "ffn/max_load": "busiest expert's load / mean load",
+    "ffn/min_load": "idlest expert's load / mean load",
+    "ffn/load_cv": "load: std / mean over experts",
+    "ffn/dropped": "share of assignments dropped",
+    "ffn/router_entropy": "router entropy (nats)",
+    "ffn/balance_loss": "Switch balance loss (1 = uniform)",
+    "ce": "cross-entropy per scored token",
+    "val_ce": "validation cross-entropy",
+    "aux_loss": "auxiliary (balance) loss",
+    "grad_norm": "gradient norm",
+    "lr": "learning rate",
+}
+
+
+def readable_label(key: str) -> str:
+    """An axis label for a training-record key: ``"ffn/max_load"`` -> ``"busiest expert's load / mean load"``.
+
+    Keys without an entry in ``LABELS`` lose their ``ffn/`` prefix and underscores.
+    """
+    return LABELS.get(key, key.removeprefix("ffn/").replace("_", " "))
 
 
 def routing_explorer(model, samples, tokenizer=TOKENIZER):
