@@ -82,3 +82,9 @@ def test_ci_runs_the_readme_test_command():
 
 def test_python_version_floor():
     assert sys.version_info >= (3, 10)
+
+
+def test_ci_installs_chromium_and_requires_the_browser_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci
+    assert "MINIMOE_REQUIRE_BROWSER=1" in ci.split("make test")[0]
