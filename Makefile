@@ -3,7 +3,7 @@
 #   make lab        install the course into .venv and open JupyterLab on notebooks/
 #   make test       install, then run the unit tests and nbval over every notebook
 #   make notebooks  re-execute lecture and solution notebooks in place (stores outputs), then release
-#   make release    write exercises/ from solutions/ and the README's course map
+#   make release    point Colab links and install cells at REPO/REF; write exercises/ and the course map
 #
 # TORCH_SPEC is what `pip install` gets for torch, word for word (CI: TORCH_SPEC=torch==2.13.0).
 
@@ -36,12 +36,14 @@ install:
 	  echo "$(WANT)" > $(STAMP); \
 	fi
 
+# tools/lab.py starts `jupyter lab` and prints the address to open (without a screen it opens no browser).
 lab: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
+	$(BIN)/python tools/lab.py $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_setup_and_tour.ipynb $(JUPYTER_ARGS)
 
 # One thread per process: pytest's workers and the notebooks' kernels share the CPU's cores.
+# The last line says what ran (tests/conftest.py).
 test: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MINIMOE_TEST_LABEL="make test" $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 	  --nbval-cell-timeout $(CELL_TIMEOUT) \
 	  tests notebooks solutions exercises $(PYTEST_ARGS)
@@ -50,9 +52,9 @@ notebooks: install
 	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 	$(MAKE) release
 
+# REPO=OWNER/NAME REF=TAG point every Colab link and install cell there (default: origin's repo, same ref).
 release: install
-	$(BIN)/minimoe release
-	$(BIN)/python tools/update_readme.py
+	$(BIN)/minimoe release $(if $(REPO),--repo $(REPO)) $(if $(REF),--ref $(REF))
 
 clean:
 	rm -rf graded .pytest_cache build *.egg-info

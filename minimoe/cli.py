@@ -50,17 +50,33 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
 def _cmd_release(args: argparse.Namespace) -> int:
     from minimoe.grading.release import release
+    from minimoe.publish import current_address, disagreements, publish
 
-    changed = release(args.solutions, args.exercises, check_only=args.check)
+    root = Path(args.root)
+    try:
+        changes = publish(root, args.repo, args.ref, check_only=args.check)
+        stale = release(root / "solutions", root / "exercises", check_only=args.check)
+        problems = disagreements(root) if args.check else []
+    except ValueError as e:  # a bad --repo or --ref, a solution whose markers do not pair up
+        print(f"minimoe release: {e}", file=sys.stderr)
+        return 2
     if args.check:
-        for p in changed:
+        for c in changes:
+            print(f"would change {c}")
+        for p in stale:
             print(f"out of date: {p}")
-        if changed:
-            print("run `make release` to write exercises/ from solutions/", file=sys.stderr)
-        return 1 if changed else 0
-    for p in changed:
+        for p in problems:
+            print(f"disagrees: {p}")
+        if changes or stale or problems:
+            print("run `make release` to write them", file=sys.stderr)
+        return 1 if changes or stale or problems else 0
+    for c in changes:
+        print(f"changed {c}")
+    for p in stale:
         print(f"wrote {p}")
-    print(f"{len(changed)} exercise notebook(s) changed")
+    repo, ref = current_address(root)
+    print(f"{len(changes)} link change(s), {len(stale)} exercise notebook(s) written; "
+          f"Colab opens and installs {repo} at {ref}")
     return 0
 
 
@@ -196,13 +212,25 @@ def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _checkpoint_path(text: str) -> Path:
+    """A run folder or checkpoint file as given, else the shipped checkpoint of a baked model's name."""
+    from minimoe.course import BAKED, baked_path, shipped_baked
+
+    if Path(text).exists():
+        return Path(text)
+    if text in BAKED:
+        return baked_path(text)  # ValueError for a run shipped without its weights
+    raise ValueError(f"checkpoint: no checkpoint at {text!r}, and no baked model of that name "
+                     f"(baked: {', '.join(shipped_baked())})")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from minimoe.data import EOS, CharTokenizer
     from minimoe.generate import generate
     from minimoe.train import CheckpointError, load_model
 
     try:
-        model, obj = load_model(args.checkpoint)
+        model, obj = load_model(_checkpoint_path(args.checkpoint))
         tok = CharTokenizer(obj["tokenizer"])
         prompt = tok.encode_prompt(args.prompt) if obj.get("data", {}).get("kind") != "text" \
             else tok.encode(args.prompt)
@@ -293,10 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chapter", default=None, help="chapter to grade against (default: from the file name NN_*.ipynb)")
     g.set_defaults(func=_cmd_grade)
 
-    r = sub.add_parser("release", help="write exercises/ from solutions/")
-    r.add_argument("--solutions", default="solutions")
-    r.add_argument("--exercises", default="exercises")
-    r.add_argument("--check", action="store_true", help="write nothing; fail if exercises/ is out of date")
+    r = sub.add_parser("release", help="point every Colab link and install cell at one address; write exercises/")
+    r.add_argument("--root", default=".", help="the course repository (default: the current folder)")
+    r.add_argument("--repo", default=None, metavar="OWNER/NAME",
+                   help="the GitHub repository (default: origin's, when it is on GitHub; else unchanged)")
+    r.add_argument("--ref", default=None, help="the tag or commit the notebooks are released from (default: unchanged)")
+    r.add_argument("--check", action="store_true",
+                   help="write nothing; list what would change and every link that disagrees; fail if any")
     r.set_defaults(func=_cmd_release)
 
     rc = sub.add_parser("recipe", help="what a model costs to train: parameters, FLOPs, GPU-hours, dollars")
@@ -337,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample from a trained model")
-    gen.add_argument("checkpoint", help="a run folder or a checkpoint file")
+    gen.add_argument("checkpoint", help="a run folder, a checkpoint file, or a baked model's name (tiny, cot, direct, ...)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=_positive(int), default=100)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")

@@ -19,10 +19,12 @@ import torch
 
 import minimoe
 
+# Where the course is published. `minimoe release --repo OWNER/NAME --ref REF` (or `make release`)
+# writes these two lines, every Colab badge and every notebook's install cell; never edit them by hand.
 GITHUB_REPO = "minimoe-course/minimoe"
-"""Where the course is published: the Colab links and the Colab install cell point here."""
-
-GITHUB_BRANCH = "main"
+"""The GitHub repository (``OWNER/NAME``) the Colab links and the Colab install cell point at."""
+GITHUB_REF = "v0.1.0"
+"""The tag (or commit) the notebooks are released from: Colab opens them there and installs it."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,17 @@ class Chapter:
     def solution(self) -> str:
         return f"solutions/{self.number}_{self.slug}.ipynb"
 
-    def colab_url(self, path: str | None = None) -> str:
-        path = path or self.notebook
-        return f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/{GITHUB_BRANCH}/{path}"
+    def colab_url(self, path: str | None = None, repo: str | None = None, ref: str | None = None) -> str:
+        """The "Open in Colab" address of this chapter's lecture (or of ``path``) at the release."""
+        return colab_url(path or self.notebook, repo, ref)
+
+
+def colab_url(path: str, repo: str | None = None, ref: str | None = None) -> str:
+    """The address that opens ``path`` (relative to the repository) in Colab, at ``repo``'s ``ref``."""
+    return f"https://colab.research.google.com/github/{repo or GITHUB_REPO}/blob/{ref or GITHUB_REF}/{path}"
+
+
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 CHAPTERS: tuple[Chapter, ...] = (
@@ -105,18 +115,20 @@ def syllabus() -> str:
     return "\n".join(lines)
 
 
-def course_map(root: str | os.PathLike | None = None, link_prefix: str = "") -> str:
+def course_map(root: str | os.PathLike | None = None, link_prefix: str = "",
+               repo: str | None = None, ref: str | None = None) -> str:
     """The README's course map as a Markdown table; chapters not written yet say "planned".
 
     ``root`` is the repository's folder (to see which notebooks exist); ``link_prefix`` is put in
-    front of every relative link (``"../"`` for a table shown inside ``notebooks/``).
+    front of every relative link (``"../"`` for a table shown inside ``notebooks/``); the Colab links
+    point at ``repo`` and ``ref`` (default: ``GITHUB_REPO`` and ``GITHUB_REF``).
     """
     root = os.fspath(root) if root is not None else None
 
     def exists(path: str) -> bool:
         return root is not None and os.path.exists(os.path.join(root, path))
 
-    badge = "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    badge = f"[![Open in Colab]({COLAB_BADGE})]"
     lines = [
         "| # | chapter | what it teaches | lecture | exercise | Colab |",
         "|---|---|---|---|---|---|",
@@ -124,7 +136,7 @@ def course_map(root: str | os.PathLike | None = None, link_prefix: str = "") -> 
     for ch in CHAPTERS:
         if exists(ch.notebook):
             lecture = f"[{ch.number}_{ch.slug}]({link_prefix}{ch.notebook})"
-            colab = f"{badge}({ch.colab_url()})"
+            colab = f"{badge}({ch.colab_url(repo=repo, ref=ref)})"
         else:
             lecture, colab = "planned", ""
         exercise = f"[{ch.number}_{ch.slug}]({link_prefix}{ch.exercise})" if exists(ch.exercise) else "planned"
@@ -261,23 +273,36 @@ BAKED = {
 }
 
 
+def _checkpoint_file(name: str):
+    from pathlib import Path
+
+    return Path(minimoe.__file__).resolve().parent / "checkpoints" / f"{name}.pt"
+
+
+def shipped_baked() -> list[str]:
+    """The baked models shipped with their weights (the others ship only their training record)."""
+    return [name for name in BAKED if _checkpoint_file(name).is_file()]
+
+
+def baked_path(name: str):
+    """The shipped checkpoint file of the baked model ``name`` (a ``pathlib.Path`` inside the package)."""
+    if name not in BAKED:
+        raise ValueError(f"name: got {name!r}, need one of {', '.join(BAKED)}")
+    if not _checkpoint_file(name).is_file():
+        raise ValueError(f"name: only the training record of {name!r} is shipped, not its weights; "
+                         f"use training_run({name!r}), or one of {', '.join(shipped_baked())}")
+    return _checkpoint_file(name)
+
+
 def baked(name: str = "tiny"):
     """One we baked earlier: a model trained once by the command in minimoe/checkpoints/README.md.
 
     Returns ``(model, info)``: the model in float32, in eval mode, and the checkpoint's contents
     (its training curve is ``info["extra"]["metrics"]``).
     """
-    from importlib import resources
-
     from minimoe.train import load_model
 
-    if name not in BAKED:
-        raise ValueError(f"name: got {name!r}, need one of {', '.join(BAKED)}")
-    if not (resources.files("minimoe") / "checkpoints" / f"{name}.pt").is_file():
-        raise ValueError(f"name: only the training record of {name!r} is shipped; use training_run({name!r})")
-    path = resources.files("minimoe") / "checkpoints" / f"{name}.pt"
-    with resources.as_file(path) as file:
-        model, info = load_model(file)
+    model, info = load_model(baked_path(name))
     return model.eval(), info
 
 
@@ -310,16 +335,25 @@ def training_run(name: str):
     return model.cfg, info
 
 
-def colab_install_source() -> str:
-    """The first code cell of every notebook: install minimoe, only when running on Colab."""
+def colab_install_source(repo: str | None = None, ref: str | None = None) -> str:
+    """The first code cell of every notebook: on Colab, install the release this notebook belongs to.
+
+    It installs the package alone (no extras): Colab already has torch, matplotlib and ipywidgets,
+    and pip leaves a requirement that is already met alone, so neither torch nor JupyterLab is
+    touched. Outside Colab it does nothing.
+    """
     return (
-        "# On Colab, install the course's package; on your own machine `make lab` already did.\n"
-        "import sys, subprocess\n"
+        "# On Colab, install the minimoe release this notebook belongs to (Colab already has torch).\n"
+        "import subprocess, sys\n"
         "try:\n"
-        "    import google.colab  # noqa: F401  (exists only on Colab)\n"
+        "    import google.colab  # noqa: F401  (importable only on Colab)\n"
         "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',\n"
-        f"                    'minimoe[course] @ git+https://github.com/{GITHUB_REPO}@{GITHUB_BRANCH}'],\n"
-        "                   check=True)\n"
+        f"                    '{install_requirement(repo, ref)}'], check=True)\n"
         "except ImportError:\n"
-        "    pass"
+        "    pass  # your own machine: `make lab` installed minimoe"
     )
+
+
+def install_requirement(repo: str | None = None, ref: str | None = None) -> str:
+    """What pip installs on Colab: the package (no extras) from ``repo`` at ``ref``."""
+    return f"minimoe @ git+https://github.com/{repo or GITHUB_REPO}@{ref or GITHUB_REF}"

@@ -22,7 +22,7 @@ import torch
 from minimoe.config import ModelConfig
 from minimoe.data import TOKENIZER, Batch, CharTokenizer, Sample, collate
 from minimoe.data.packing import PackedSamples
-from minimoe.model.transformer import FFNFactory, Transformer, build_model, default_ffn
+from minimoe.model.transformer import FFNFactory, Transformer, build_model, default_ffn, param_groups
 
 CHECKPOINT_FORMAT = "minimoe-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -181,10 +181,7 @@ class CheckpointError(ValueError):
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW, with weight decay on matrices only (not on norms' weights)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from minimoe.course import baked
+from minimoe.course import baked, baked_path, shipped_baked
 from minimoe.train import read_checkpoint
 
 
-def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "minimoe.cli", *args], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=300, cwd=None):
+    return subprocess.run([sys.executable, "-m", "minimoe.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -50,6 +51,23 @@ def test_generate_answers_a_prompt(run_dir):
     proc = run("generate", str(run_dir), "--prompt", "12+34=", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("12+34=")
+
+
+def test_generate_takes_a_baked_models_name_from_any_folder(tmp_path):
+    by_name = run("generate", "tiny", "--prompt", "12+34=", "--max-new-tokens", "8", cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stderr
+    by_path = run("generate", str(baked_path("tiny")), "--prompt", "12+34=", "--max-new-tokens", "8", cwd=tmp_path)
+    assert by_name.stdout == by_path.stdout and by_name.stdout.startswith("12+34=")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tinyy", "no checkpoint at 'tinyy', and no baked model of that name (baked: tiny,"),
+    ("moe-none", "only the training record of 'moe-none' is shipped"),
+])
+def test_generate_says_which_baked_models_exist(tmp_path, name, message):
+    proc = run("generate", name, "--prompt", "1+1=", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, message", [
@@ -92,3 +110,31 @@ def test_the_baked_baseline_loads_and_is_small():
     assert not model.training
     with pytest.raises(ValueError, match="name"):
         baked("enormous")
+    assert "tiny" in shipped_baked() and "moe-none" not in shipped_baked()
+
+
+def test_moe_training_reports_real_tokens_per_second_and_dispatches_through_auto(tmp_path):
+    import json
+
+    out = tmp_path / "moe"
+    proc = run("train", "--preset", "tiny-moe", "--steps", "3", "--out", str(out), "--samples", "200",
+               "--batch-size", "2", "--warmup", "1", "--eval-every", "3", "--checkpoint-every", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "dispatch auto" in proc.stdout and "packed rows of 256" in proc.stdout
+    assert "real tokens/s" in proc.stdout  # the closing line
+    assert "real_tok_s=" in proc.stderr  # the progress bar (tqdm writes to stderr)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["real_tokens"] <= r["positions"] for r in records)
+    obj = read_checkpoint(out)
+    assert obj["extra"]["dispatch"] == "auto" and obj["data"]["packed"] is True
+
+
+def test_train_refuses_an_unknown_dispatch_and_a_row_longer_than_the_model(tmp_path):
+    proc = run("train", "--preset", "tiny-moe", "--steps", "2", "--out", str(tmp_path / "a"), "--dispatch", "gpu")
+    assert proc.returncode == 2 and "invalid choice: 'gpu'" in proc.stderr
+    proc = run("train", "--preset", "micro", "--steps", "2", "--out", str(tmp_path / "b"), "--seq-len", "512")
+    assert proc.returncode == 2 and "--seq-len: got 512" in proc.stderr
+    proc = run("train", "--preset", "tiny", "--steps", "2", "--out", str(tmp_path / "c"), "--seq-len", "100",
+               "--samples", "3000")
+    assert proc.returncode == 2 and "needs" in proc.stderr and "positions" in proc.stderr
+    assert not any((tmp_path / n).exists() for n in "abc")

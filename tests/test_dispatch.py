@@ -302,3 +302,32 @@ def test_route_and_the_triton_schedule_never_read_device_values_back():
     assert counts.sum().item() == 3 * int(mask.sum())
     assert offsets[-1].item() == 3 * int(mask.sum())
     assert tiles[0].shape[0] == -(-150 // 16) + 7
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] * c[5] <= c[4] or c[1] <= 2] +
+                         [("decode, batch 1", 1, 24, 16, 8, 2, "random"), ("decode, PAD", 3, 16, 8, 8, 2, "masked")],
+                         ids=lambda c: c[0])
+def test_the_decoding_shortcut_equals_the_loop(case):
+    """Without gradients and with N·k <= E the torch path gathers the chosen experts' weights (decoding)."""
+    from minimoe.dispatch.sort import expert_ffn_gathered
+
+    name, n, d, h, e, k, routing = case
+    tensors = [t.detach() for t in make_case(n, d, h, e, k, routing, torch.float32)]
+    mask = case_mask(n, routing)
+    want = expert_ffn(*tensors, backend="loop", token_mask=mask)
+    torch.testing.assert_close(expert_ffn_gathered(*tensors, token_mask=mask), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(expert_ffn(*tensors, backend="torch", token_mask=mask), want,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_the_reference_depends_on_nothing_in_the_package():
+    """The yardstick every backend is checked against imports no other part of minimoe."""
+    import ast
+
+    import minimoe.dispatch.reference as ref
+
+    tree = ast.parse(Path(ref.__file__).read_text())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not [m for m in modules if m.startswith("minimoe")], modules

@@ -194,3 +194,29 @@ def test_cli_profile(capsys):
     assert main(["profile", "--preset", "tiny", "--batch", "2", "--seq", "16"]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "exact" in out and "peak" in out
+
+
+def test_the_profiler_observes_a_step_it_is_handed_and_imports_no_trainer():
+    """The observer never reaches into what it observes: no minimoe.train in the profiler's imports."""
+    import ast
+    from pathlib import Path
+
+    import minimoe.profiler
+    from minimoe.model import build_model
+    from minimoe.profiler import profile_step
+    from minimoe.train import Trainer, TrainConfig, mixture_batches
+
+    for path in Path(minimoe.profiler.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m == "minimoe.train" or m.startswith("minimoe.train.") for m in names), path.name
+    model = build_model(SMALL.with_(vocab_size=100, max_seq_len=128))
+    trainer = Trainer(model, mixture_batches(n_train=50, n_val=0, batch_size=2, seq_len=128), TrainConfig(steps=2),
+                      progress=False)
+    batch = trainer.data.batch(0)
+    prof = profile_step(lambda: trainer.train_step(batch), model, trainer.optimizer)
+    params = list(model.parameters())  # Adam's two fp32 moments, and a 4-byte step count per tensor
+    assert prof.at_exit()["optimizer"] == 2 * sum(p.numel() * 4 for p in params) + 4 * len(params)
+    with pytest.raises(TypeError, match="step"):
+        profile_step("not a function", model)

@@ -1,6 +1,7 @@
 """The repository keeps its promises: one source of truth, notebooks a reader can open anywhere."""
 
 import re
+import subprocess
 import sys
 
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_environment_yml_lists_what_pyproject_lists():
         wanted |= _names(project["optional-dependencies"][extra])
     env = (ROOT / "environment.yml").read_text()
     listed = set(re.findall(r"^\s*-\s+([A-Za-z0-9_.-]+)", env, re.M))
-    listed = {"torch" if n == "pytorch" else n.lower() for n in listed}
+    conda_names = {"pytorch": "torch", "python-build": "build"}  # conda-forge's names for PyPI's packages
+    listed = {conda_names.get(n.lower(), n.lower()) for n in listed}
     missing = wanted - listed
     assert not missing, f"environment.yml lacks {sorted(missing)}"
 
@@ -82,6 +84,45 @@ def test_ci_runs_the_readme_test_command():
 
 def test_python_version_floor():
     assert sys.version_info >= (3, 10)
+
+
+def test_the_last_line_of_make_test_says_what_ran():
+    from types import SimpleNamespace as R
+
+    from conftest import summary_line
+
+    stats = {
+        "passed": [R(nodeid="tests/test_a.py::t1", when="call", keywords={}),
+                   R(nodeid="tests/test_wheel.py::t", when="call", keywords={"install": 1}),
+                   R(nodeid="notebooks/00_x.ipynb::Cell 0", when="call", keywords={}),
+                   R(nodeid="notebooks/00_x.ipynb::Cell 1", when="call", keywords={}),
+                   R(nodeid="solutions/00_x.ipynb::Cell 0", when="call", keywords={})],
+        "failed": [R(nodeid="tests/test_a.py::t2", when="call", keywords={})],
+        "error": [R(nodeid="tests/test_a.py::t3", when="setup", keywords={})],
+        "skipped": [R(nodeid="tests/test_a.py::t4", when="setup", keywords={})],
+        "": [R(nodeid="tests/test_a.py::t1", when="teardown", keywords={})],
+    }
+    assert summary_line(stats, 90, "make test") == (
+        "make test: 5 passed, 2 failed, 1 skipped in 1.5 min: 4 unit tests, 1 wheel and ipywidgets-7 checks, "
+        "1 lecture, 1 solution and 0 exercise notebooks by nbval (3 cells)")
+
+
+def test_make_lab_has_no_linux_only_step(tmp_path):
+    """What `make lab` runs on a Mac: python3 -m venv, pip, tools/lab.py; Linux-only packages carry a marker."""
+    proc = subprocess.run(["make", "-n", "lab", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    steps = proc.stdout
+    assert "-m venv" in steps and "pip install" in steps and "tools/lab.py" in steps
+    for linux_only in ("apt", "dpkg", "nproc", "ldconfig", "/proc/", "nvidia", "download.pytorch.org", "bwrap",
+                       "sed -i", "readlink -f", "--index-url"):
+        assert linux_only not in steps, f"`make lab` runs {linux_only!r}, which a Mac does not have"
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    for req in reqs:
+        if re.split(r"[\s;<>=!\[]", req, maxsplit=1)[0].lower() in ("triton", "nvidia-ml-py", "pynvml"):
+            assert "platform_system == 'Linux'" in req, f"{req}: Linux-only, so it needs a platform marker"
 
 
 def test_ci_installs_chromium_and_requires_the_browser_tests():

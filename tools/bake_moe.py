@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from minimoe.config import preset
-from minimoe.data import PAD
 from minimoe.model import build_model
 from minimoe.moe import MoELayer
 from minimoe.train import Trainer, TrainConfig, mixture_batches, save_checkpoint
@@ -31,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", required=True)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16, help="packed rows per step")
+    ap.add_argument("--seq-len", type=int, default=256, help="positions per packed row")
+    ap.add_argument("--dispatch", default="auto", choices=("auto", "torch", "triton", "loop"))
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -45,18 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = preset(args.preset)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(args.warmup, args.steps),
                        eval_every=args.eval_every, checkpoint_every=args.steps)
-    data = mixture_batches(args.samples, 512, args.batch_size, args.seed)
+    data = mixture_batches(args.samples, 512, args.batch_size, args.seed, seq_len=args.seq_len)
     model = build_model(cfg, seed=args.seed)
-    trainer = Trainer(model, data, tcfg, out_dir=args.out, progress=False)
+    trainer = Trainer(model, data, tcfg, out_dir=args.out, progress=False, dispatch=args.dispatch)
 
-    # What the Trainer does not keep: input tokens per step, and each MoE layer's load per expert.
+    # What the Trainer does not keep: real input tokens so far, and each MoE layer's load per expert.
     seen = {"tokens": 0}
     loads: dict[int, list[torch.Tensor]] = {}
     history: list[dict] = []
-
-    def count_tokens(module, inputs):
-        if module.training:
-            seen["tokens"] += int((inputs[0] != PAD).sum())
 
     def keep_load(layer_index):
         def hook(module, inputs, output):
@@ -64,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
                 loads.setdefault(layer_index, []).append(output[1]["load"].detach())
         return hook
 
-    model.register_forward_pre_hook(count_tokens)
     for i, block in enumerate(model.blocks):
         if isinstance(block.ffn, MoELayer):
             block.ffn.register_forward_hook(keep_load(i))
@@ -75,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed_step(batch):
         record = step_fn(batch)
+        seen["tokens"] += record["real_tokens"]  # real (non-PAD) input tokens so far
         record["elapsed_s"] = time.perf_counter() - start
         record["input_tokens"] = seen["tokens"]
         if (trainer.step + 1) % args.eval_every == 0 and loads:
@@ -100,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                weights_dtype=torch.float16,
                                extra={"metrics": rows, "load_history": history, "command": command,
                                       "train_config": {k: getattr(tcfg, k) for k in ("steps", "lr", "min_lr", "warmup")}
-                                      | {"batch_size": args.batch_size, "threads": args.threads}})
+                                      | {"batch_size": args.batch_size, "seq_len": args.seq_len,
+                                         "threads": args.threads, "dispatch": trainer.dispatch}})
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 

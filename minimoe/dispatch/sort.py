@@ -140,7 +140,8 @@ class _SortedExpertFFN(torch.autograd.Function):
         xs = x.index_select(0, token)  # (R, d) expert-contiguous rows
         g = grouped_mm(xs, w_gate, offsets, use_gmm)  # (R, h)
         u = grouped_mm(xs, w_up, offsets, use_gmm)  # (R, h)
-        act = F.silu(g) * u  # (R, h)
+        silu_g = F.silu(g)  # (R, h), kept for backward: du = da * silu(g)
+        act = silu_g * u  # (R, h)
         y = grouped_mm(act, w_down, offsets, use_gmm)  # (R, d)
         if valid is not None:
             y = torch.where(valid, y, 0.0)
@@ -149,13 +150,13 @@ class _SortedExpertFFN(torch.autograd.Function):
             ws = torch.where(valid[:, 0], ws, 0.0)
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, token, y.float() * ws[:, None])  # (N, d) fp32 combine
-        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid)
+        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid)
         ctx.use_gmm, ctx.k, ctx.weight_dtype = use_gmm, k, topk_weight.dtype
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, act, y, valid = ctx.saved_tensors
+        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid = ctx.saved_tensors
         gmm = ctx.use_gmm
         n, k = x.shape[0], ctx.k
         dout_rows = dout.float().index_select(0, token)  # (R, d) each row's upstream gradient
@@ -167,12 +168,15 @@ class _SortedExpertFFN(torch.autograd.Function):
             dtopk[order] = dw_rows  # back to the (n, j) layout
             dtopk = dtopk.view(n, k).to(ctx.weight_dtype)
         da = grouped_mm(dy, w_down.transpose(1, 2), offsets, gmm)  # (R, h)
-        d_down = grouped_mm_weight_grad(act, dy, offsets, gmm) if ctx.needs_input_grad[5] else None  # (E, h, d)
+        d_down = None
+        if ctx.needs_input_grad[5]:  # act recomputed from what was saved (a multiply; silu needs an exp)
+            d_down = grouped_mm_weight_grad(silu_g * u, dy, offsets, gmm)  # (E, h, d)
         f = torch.promote_types(x.dtype, torch.float32)  # elementwise math in fp32 (fp64 stays fp64)
-        gf, uf, daf = g.to(f), u.to(f), da.to(f)
-        sg = torch.sigmoid(gf)
-        dg = (daf * uf * sg * (1 + gf * (1 - sg))).to(x.dtype)  # (R, h), silu'(g) = s + g s (1 - s)
-        du = (daf * gf * sg).to(x.dtype)  # (R, h)
+        gf, daf = g.to(f), da.to(f)
+        # act = silu(g) * u, so du = da * silu(g) and dg = (da * u) * silu'(g), silu'(g) = s + g s (1 - s)
+        # with s = sigmoid(g): aten's silu_backward applies silu' in one pass over (R, h).
+        du = (daf * silu_g.to(f)).to(x.dtype)  # (R, h)
+        dg = torch.ops.aten.silu_backward(daf * u.to(f), gf).to(x.dtype)  # (R, h)
         d_gate = d_up = dx = None
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
             xs = x.index_select(0, token)  # (R, d) gathered again instead of saved
@@ -188,11 +192,36 @@ class _SortedExpertFFN(torch.autograd.Function):
         return dx, None, dtopk, d_gate, d_up, d_down, None, None
 
 
+def expert_ffn_gathered(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
+                        w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """Decoding's shortcut: gather each assignment's expert weights and run them as one batched matmul.
+
+    With a handful of tokens (one per sequence when decoding) there is nothing to sort: copying the
+    R = N·k chosen experts' weights, (R, d, h) each, and one ``bmm`` per matrix beats a grouped matmul
+    over E mostly empty groups. Same function as ``expert_ffn_loop``; no autograd (inference only).
+    """
+    n, k = topk_idx.shape
+    ids = topk_idx.reshape(-1)  # (R,)
+    xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
+    act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
+    y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
+    w = topk_weight.reshape(-1, 1).float()  # (R, 1)
+    if token_mask is not None:
+        w = w * token_mask.repeat_interleave(k)[:, None]  # PAD: weight 0
+    return (y * w).view(n, k, -1).sum(dim=1).to(x.dtype)  # (N, d), summed in fp32
+
+
 def expert_ffn_torch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
                      w_up: torch.Tensor, w_down: torch.Tensor, use_grouped_mm: bool = True,
                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The sort-based dispatch (inputs already checked): same result as ``expert_ffn_loop``.
 
-    ``use_grouped_mm=False`` forces the loop over experts for the matmuls (for comparison).
+    ``use_grouped_mm=False`` forces the loop over experts for the matmuls (for comparison). Without
+    gradients and with no more assignments than experts (decoding), ``expert_ffn_gathered`` runs instead.
     """
+    no_grad = not torch.is_grad_enabled() or not any(
+        t.requires_grad for t in (x, topk_weight, w_gate, w_up, w_down))
+    if no_grad and topk_idx.numel() <= w_gate.shape[0]:
+        return expert_ffn_gathered(x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask)
     return _SortedExpertFFN.apply(x, topk_idx, topk_weight, w_gate, w_up, w_down, use_grouped_mm, token_mask)

@@ -22,6 +22,7 @@ import nbformat
 
 from minimoe.grading.feedback import Outcome, run_checks
 from minimoe.grading.kernel import CellRun, KernelSession, Limits, RemoteStudent
+from minimoe.grading.normalize import notebook_with_ids
 from minimoe.grading.registry import Exercise, exercises_for_chapter
 
 
@@ -112,7 +113,7 @@ def grade_notebook(path: str | Path, limits: Limits | None = None, chapter: str 
     digest = hashlib.sha256(data).hexdigest()
     nb, problem = None, ""
     try:
-        nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+        nb = notebook_with_ids(data.decode("utf-8"))  # cell ids filled in: no nbformat warnings
         if not isinstance(nb.get("cells"), list):
             raise ValueError("it has no list of cells")
     except Exception as e:  # noqa: BLE001 - any unreadable file is the submission's problem

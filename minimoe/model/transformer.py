@@ -199,6 +199,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.
     return (per_token * mask).sum() / mask.sum()
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: weight decay on matrices, none on vectors (norm weights)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def build_model(cfg: ModelConfig | str, seed: int = 0, ffn_factory: FFNFactory = default_ffn) -> Transformer:
     """A freshly initialised model, the same for the same seed."""
     cfg = preset(cfg) if isinstance(cfg, str) else cfg

@@ -1,14 +1,17 @@
 """Load balancing: the losses that push a router to spread tokens, and DeepSeek-V3's bias update.
 
 Left alone, a router collapses: the experts that win early get more tokens, learn faster and win
-more. Four remedies, each a small function (N tokens, E experts, k per token):
+more. Three remedies and one stability loss, each a small function (N tokens, E experts, k per token):
 
 - ``switch_aux_loss``: E · Σ_i f_i · P_i (Switch Transformer eq. 4; GShard), with f_i the fraction
   of the N·k assignments that went to expert i and P_i the mean router probability of expert i.
-  It is 1 when routing is perfectly uniform and grows with imbalance; gradient reaches the router
-  through P (f comes from a top-k and has none).
-- ``z_loss``: mean over tokens of logsumexp(logits)² (ST-MoE, arXiv 2202.08906 eq. 5): keeps the
-  router's logits small, so its softmax stays numerically tame.
+  It is exactly 1 under perfectly uniform routing, but that is not its minimum: for a fixed
+  routing it can fall to E · min_i f_i, below 1 whenever the load is uneven. Its gradient reaches
+  the router through P only (f comes from a top-k and has none), ∂/∂P_i = E · f_i, which moves
+  probability from the overloaded experts toward the underloaded ones: a force, not a distance.
+- ``z_loss``: mean over tokens of logsumexp(logits)² (ST-MoE, arXiv 2202.08906 eq. 5): a stability
+  loss, not a balance loss. It keeps the router's logits small, so its softmax stays numerically
+  tame; shrinking every logit leaves each token's top-k, and so the load, unchanged.
 - ``sequence_balance_loss``: DeepSeek-V3's complementary sequence-wise loss (eq. 17-20): the same
   f·P product, but per sequence, with the affinities normalized per token; averaged over sequences.
 - ``bias_update``: DeepSeek-V3's auxiliary-loss-free balancing (§2.1.2): after each step, each

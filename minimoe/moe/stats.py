@@ -3,7 +3,9 @@
 The trainer logs every scalar entry (averaged over MoE layers, as ``ffn/<key>``):
 
 - ``max_load``, ``min_load``: the busiest and idlest expert's share over the mean share
-  (1 and 1 when balanced; max_load = E when one expert takes everything);
+  (1 and 1 when balanced). With top-k an expert takes at most one of each token's k slots, so
+  max_load <= E/k, reached when the same k experts take every token (total collapse): 16/3 for
+  16 experts, top-3; only top-1 can reach E;
 - ``load_cv``: the coefficient of variation of the counts (0 when balanced);
 - ``router_entropy``: the mean entropy of each token's distribution over experts, in nats
   (ln E when the router has no preference, 0 when it is certain);

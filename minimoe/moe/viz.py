@@ -5,6 +5,10 @@ Data first (plain tensors), then plots on top of them, so notebooks can assert o
 - ``route_tokens(model, tokens, k=None)``: each MoE layer's chosen experts and gate weights for one
   sequence, recomputed from the layer's own router (optionally with another k, to explore);
 - ``sample_tokens``: a sample's input ids and characters; ``format_routing``: routing as text;
+- ``expert_assignments(model, samples)``: per MoE layer, (samples, E) how many of each sample's
+  real-token assignments each expert got; ``expert_load`` and ``domain_expert_matrix`` sum it up:
+  every load a chapter shows of a checkpoint is computed this one way (PAD masked out);
+- ``expert_load(model, samples, layer)``: (E,) share of the real-token assignments per expert;
 - ``domain_expert_matrix(model, samples)``: (domains, E) share of each domain's assignments per expert;
 - ``plot_load_histogram``, ``plot_domain_heatmap``, ``plot_load_curves``: matplotlib figures;
 - ``routing_explorer(model, samples)``: an ipywidgets explorer (pick a sample, a layer and k).
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from minimoe.data import DOMAINS, PAD, TOKENIZER, collate
+from minimoe.data import DOMAINS, TOKENIZER, collate
 from minimoe.moe.layer import MoELayer
 from minimoe.moe.router import sigmoid_router, softmax_router
 
@@ -74,50 +78,79 @@ def format_routing(text: str, idx: torch.Tensor, weight: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def domain_expert_matrix(model, samples, layer: int | None = None, batch_size: int = 64) -> torch.Tensor:
-    """(len(DOMAINS), E): of each domain's (token, slot) assignments, the share each expert got.
+def expert_assignments(model, samples, batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """{block index: (len(samples), E) float}: each sample's real-token assignments per expert.
 
-    Every non-padding token of each sample counts, in one MoE layer (``layer``: a block index) or
-    summed over all of them. Rows of domains without samples are zero.
+    The samples are batched as evaluation batches are (``collate``, padded) and the batch's token
+    mask goes into the model, so a PAD position is routed to no expert and counts nowhere: row n,
+    column e is how many of sample n's tokens chose expert e (each token chooses k experts).
     """
     layers = moe_layers(model)
     if not layers:
         raise ValueError("model: has no MoE layer")
-    if layer is not None and layer not in dict(layers):
-        raise ValueError(f"layer: got {layer!r}, need one of the MoE blocks {[i for i, _ in layers]}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size!r}, need an int >= 1")
     e = layers[0][1].cfg.n_routed_experts
-    counts = torch.zeros(len(DOMAINS), e)
+    counts = {i: torch.zeros(len(samples), e) for i, _ in layers}
+    # Batch samples of similar length together (less padding to compute); rows go back to their sample.
+    order = sorted(range(len(samples)), key=lambda n: len(samples[n].prompt) + len(samples[n].completion))
     was_training = model.training
     model.eval()
-    for start in range(0, len(samples), batch_size):
-        batch = collate(samples[start:start + batch_size], TOKENIZER)
-        out = model(batch.inputs)
-        real = batch.inputs != PAD  # (B, T)
-        for i, aux in enumerate(out.aux):
-            if "topk_idx" not in aux or (layer is not None and i != layer):
-                continue
-            idx = aux["topk_idx"]  # (B, T, k)
-            for b in range(idx.shape[0]):
-                d = int(batch.domain_ids[b])
-                if d >= 0:
-                    counts[d] += torch.bincount(idx[b][real[b]].reshape(-1), minlength=e).float()
-    model.train(was_training)
-    return counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    try:
+        for start in range(0, len(order), batch_size):
+            which = torch.tensor(order[start:start + batch_size])  # (B,) sample numbers
+            batch = collate([samples[n] for n in which.tolist()], TOKENIZER)
+            out = model(batch.inputs, token_mask=batch.token_mask)
+            for i in counts:
+                idx = out.aux[i]["topk_idx"]  # (B, T, k), -1 where the token mask is False
+                real = (idx >= 0).float()  # (B, T, k)
+                rows = torch.zeros(idx.shape[0], e).scatter_add_(1, idx.clamp_min(0).flatten(1), real.flatten(1))
+                counts[i][which] = rows  # (B, E)
+    finally:
+        model.train(was_training)
+    return counts
+
+
+def expert_load(model, samples, layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
+    """(E,): the share of the samples' real-token assignments each expert got, in one MoE layer
+    (``layer``: a block index) or over all of them. Sums to 1; 1/E each when perfectly even."""
+    counts = expert_assignments(model, samples, batch_size)
+    if layer is not None and layer not in counts:
+        raise ValueError(f"layer: got {layer!r}, need one of the MoE blocks {sorted(counts)}")
+    total = sum(c.sum(0) for i, c in counts.items() if layer is None or i == layer)  # (E,)
+    return total / total.sum().clamp_min(1)
+
+
+def domain_expert_matrix(model, samples, layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
+    """(len(DOMAINS), E): of each domain's (token, slot) assignments, the share each expert got.
+
+    Every real (non-PAD) token of each sample counts, in one MoE layer (``layer``: a block index) or
+    summed over all of them. Rows of domains without samples are zero.
+    """
+    counts = expert_assignments(model, samples, batch_size)
+    if layer is not None and layer not in counts:
+        raise ValueError(f"layer: got {layer!r}, need one of the MoE blocks {sorted(counts)}")
+    per_sample = sum(c for i, c in counts.items() if layer is None or i == layer)  # (samples, E)
+    names = list(DOMAINS)
+    matrix = torch.zeros(len(names), per_sample.shape[1])
+    for row, sample in zip(per_sample, samples):
+        if sample.domain in DOMAINS:
+            matrix[names.index(sample.domain)] += row
+    return matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1)
 
 
 def plot_load_histogram(load, ax=None, title: str = ""):
     """A bar per expert: its share of the assignments, with the uniform share as a line."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     load = torch.as_tensor(load, dtype=torch.float32)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 2.5))
-    ax.bar(range(len(load)), load.tolist(), label="share of assignments")
+    ax.bar(range(len(load)), load.tolist(), label="expert's share")
     ax.axhline(1 / len(load), color="k", ls="--", lw=1, label="uniform")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # expert ids are whole numbers
+    ax.set_xticks(range(len(load)))  # expert ids are integers
     ax.set_xlabel("expert")
-    ax.set_ylabel("share of tokens")
+    ax.set_ylabel("share of assignments")
     ax.set_title(title)
     ax.legend(loc="upper right")
     return ax
@@ -139,8 +172,22 @@ def plot_domain_heatmap(matrix, ax=None, title: str = "which expert handles whic
     return ax
 
 
-def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", ax=None, smooth: int = 20):
-    """``key`` (default: busiest expert's load over the mean) against step, one line per run."""
+# What each logged routing statistic is, for axis labels (``minimoe.moe.stats``).
+STAT_LABELS = {
+    "max_load": "busiest expert / mean load",
+    "min_load": "idlest expert / mean load",
+    "load_cv": "load: coefficient of variation",
+    "router_entropy": "router entropy (nats)",
+    "dropped": "share of assignments dropped",
+    "balance_loss": "Switch balance loss E·Σ f·P",
+}
+
+
+def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", ax=None, smooth: int = 20,
+                     ylabel: str | None = None):
+    """``key`` (default: busiest expert's load over the mean) against step, one line per run.
+
+    ``ylabel`` defaults to a readable name of the statistic (``STAT_LABELS``), not its key."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -156,33 +203,10 @@ def plot_load_curves(curves: dict[str, list[dict]], key: str = "ffn/max_load", a
             steps = steps[smooth - 1:]
         ax.plot(steps, v.tolist(), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(readable_label(key))
+    stat = key.removeprefix("ffn/")
+    ax.set_ylabel(ylabel or STAT_LABELS.get(stat, stat))
     ax.legend()
     return ax
-
-
-# How the training record's keys read on a plot's axis.
-LABELS = {
-    "ffn/max_load": "busiest expert's load / mean load",
-    "ffn/min_load": "idlest expert's load / mean load",
-    "ffn/load_cv": "load: std / mean over experts",
-    "ffn/dropped": "share of assignments dropped",
-    "ffn/router_entropy": "router entropy (nats)",
-    "ffn/balance_loss": "Switch balance loss (1 = uniform)",
-    "ce": "cross-entropy per scored token",
-    "val_ce": "validation cross-entropy",
-    "aux_loss": "auxiliary (balance) loss",
-    "grad_norm": "gradient norm",
-    "lr": "learning rate",
-}
-
-
-def readable_label(key: str) -> str:
-    """An axis label for a training-record key: ``"ffn/max_load"`` -> ``"busiest expert's load / mean load"``.
-
-    Keys without an entry in ``LABELS`` lose their ``ffn/`` prefix and underscores.
-    """
-    return LABELS.get(key, key.removeprefix("ffn/").replace("_", " "))
 
 
 def routing_explorer(model, samples, tokenizer=TOKENIZER):

@@ -16,13 +16,13 @@ from minimoe.profiler.crosscheck import overhead, profiler_peak
 from minimoe.profiler.estimate import MemoryEstimate, estimate_memory
 from minimoe.profiler.profiler import MemoryProfiler
 from minimoe.profiler.report import format_table, nbytes, plot_timeline
-from minimoe.profiler.step import compare, format_comparison, make_step_optimizer, profile_training_step
+from minimoe.profiler.step import compare, format_comparison, make_step_optimizer, profile_step, profile_training_step
 from minimoe.profiler.techniques import AdamWBF16, Fp8Linear, dequantize_fp8, quantize_fp8, to_fp8_storage
 from minimoe.profiler.tracker import Record, StorageTracker
 
 __all__ = [
     "AdamWBF16", "CATEGORIES", "Fp8Linear", "MemoryEstimate", "MemoryProfiler", "Record", "StorageTracker",
     "compare", "dequantize_fp8", "estimate_memory", "format_comparison", "format_table", "make_step_optimizer",
-    "nbytes", "overhead", "plot_timeline", "profile_training_step", "profiler_peak", "quantize_fp8",
+    "nbytes", "overhead", "plot_timeline", "profile_step", "profile_training_step", "profiler_peak", "quantize_fp8",
     "to_fp8_storage",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from minimoe.config import ModelConfig
@@ -11,8 +13,9 @@ from minimoe.profiler.profiler import MemoryProfiler
 
 def make_step_optimizer(model: torch.nn.Module, optimizer: str | None = "adamw",
                         state_dtype: torch.dtype | None = None) -> torch.optim.Optimizer | None:
-    """Chapter 03's AdamW (decay on matrices only), or with ``state_dtype`` its bf16-moment twin; "sgd"; None."""
-    from minimoe.train import TrainConfig, make_optimizer
+    """The trainer's AdamW layout (decay on matrices only, ``minimoe.model.param_groups``), or with
+    ``state_dtype`` its bf16-moment twin; "sgd"; None. Learning rates do not change a byte of memory."""
+    from minimoe.model import param_groups
 
     if optimizer is None:
         return None
@@ -20,14 +23,23 @@ def make_step_optimizer(model: torch.nn.Module, optimizer: str | None = "adamw",
         return torch.optim.SGD(model.parameters(), lr=1e-2)
     if optimizer != "adamw":
         raise ValueError(f"optimizer: got {optimizer!r}, need 'adamw', 'sgd' or None")
+    groups = param_groups(model, weight_decay=0.1)
     if state_dtype is None or state_dtype == next(model.parameters()).dtype:
-        return make_optimizer(model, TrainConfig())
+        return torch.optim.AdamW(groups, lr=1e-3)
     from minimoe.profiler.techniques import AdamWBF16
 
-    tc = TrainConfig()
-    groups = make_optimizer(model, tc).param_groups  # the same decay groups
-    return AdamWBF16([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
-                     lr=tc.lr, betas=tc.betas, state_dtype=state_dtype)
+    return AdamWBF16(groups, lr=1e-3, state_dtype=state_dtype)
+
+
+def profile_step(step: Callable[[], None], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 device: str | torch.device = "cpu", crosscheck: bool = False) -> MemoryProfiler:
+    """Run ``step`` once under a ``MemoryProfiler`` watching ``model`` and ``optimizer``: the profiler
+    observes a step it is handed, whoever wrote it (``Trainer.train_step``, a notebook, a benchmark)."""
+    if not callable(step):
+        raise TypeError(f"step: got {type(step).__name__}, need a function of no arguments")
+    with MemoryProfiler(model, optimizer, device=device, crosscheck=crosscheck) as prof:
+        step()
+    return prof
 
 
 def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_len: int = 128,
@@ -68,9 +80,7 @@ def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_
             p.grad = torch.zeros_like(p)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    with MemoryProfiler(model, opt, device=device, crosscheck=crosscheck) as prof:
-        step()
-    return prof, est
+    return profile_step(step, model, opt, device, crosscheck), est
 
 
 def compare(prof: MemoryProfiler, est: MemoryEstimate) -> list[tuple[str, int, int]]:
