@@ -20,7 +20,6 @@ installing Chromium) they fail instead, so CI cannot pass without having run the
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -37,6 +36,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from test_widgets import widget_builders  # the package's functions that build a widget
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 REQUIRED = os.environ.get("MINIMOE_REQUIRE_BROWSER") == "1"
@@ -45,21 +46,6 @@ SETTLE_MS = 120_000  # a widget's answer to one moved control
 
 
 # --- which notebooks have widgets ---------------------------------------------------------------
-
-def widget_builders() -> set[str]:
-    """Functions of the package that import ipywidgets (they build a widget)."""
-    names = set()
-    for path in (ROOT / "minimoe").rglob("*.py"):
-        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(fn):
-                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                if any(m.split(".")[0] == "ipywidgets" for m in modules):
-                    names.add(fn.name)
-    return names
-
 
 def notebooks_with_widgets() -> list[str]:
     """Lecture notebooks that show a widget: stored widget output, ipywidgets, or a widget-building call."""
