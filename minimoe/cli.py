@@ -126,8 +126,7 @@ def _mix(text: str | None) -> dict[str, float] | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from minimoe.config import preset
     from minimoe.model import build_model
-    from minimoe.train import (CheckpointError, Trainer, TrainConfig, TrainingDiverged, TextBatches,
-                               config_from_checkpoint, mixture_batches, read_checkpoint)
+    from minimoe.train import Trainer, TrainConfig, TrainingDiverged, TextBatches, mixture_batches
 
     out = Path(args.out)
     if args.expert_parallel:
@@ -138,11 +137,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                            warmup=min(args.warmup, args.steps), eval_every=args.eval_every,
                            checkpoint_every=args.checkpoint_every)
         existing = out / "checkpoint.pt"
-        if existing.exists():  # check before anything is written
-            old = read_checkpoint(existing)
-            if config_from_checkpoint(old) != cfg:
-                raise CheckpointError(f"{out} holds a checkpoint of model {old['model_config'].get('name')!r}, "
-                                      f"not of preset {cfg.name!r}; choose another --out or the same --preset")
+        _check_resumable(out, cfg)  # before anything is written
         if args.seq_len > cfg.max_seq_len:
             raise ValueError(f"--seq-len: got {args.seq_len}, need at most the model's {cfg.max_seq_len} positions")
         if args.data:
@@ -179,11 +174,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
-    import json
+def _check_resumable(out: Path, cfg) -> int:
+    """The step ``out``'s checkpoint continues from (0 without one); CheckpointError if it is another model's."""
+    from minimoe.train import CheckpointError, config_from_checkpoint, read_checkpoint
 
+    if not (out / "checkpoint.pt").exists():
+        return 0
+    old = read_checkpoint(out / "checkpoint.pt")
+    if config_from_checkpoint(old) != cfg:
+        raise CheckpointError(f"{out} holds a checkpoint of model {old['model_config'].get('name')!r}, "
+                              f"not of preset {cfg.name!r}; choose another --out or the same --preset")
+    return int(old["step"])
+
+
+def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
     from minimoe.config import preset
     from minimoe.parallel import DistributedError, launch, train_worker
+    from minimoe.train import CheckpointError
 
     try:
         cfg = preset(args.preset)
@@ -191,23 +198,29 @@ def _train_expert_parallel(args: argparse.Namespace, out: Path) -> int:
             raise ValueError(f"--expert-parallel: preset {cfg.name!r} has no experts to shard")
         if cfg.n_routed_experts % args.expert_parallel:
             raise ValueError(f"--expert-parallel: {cfg.n_routed_experts} experts do not split over {args.expert_parallel} processes")
-        if args.data or (out / "checkpoint.pt").exists():
-            raise ValueError("--expert-parallel: trains from scratch on the mixture, into a new --out")
-    except ValueError as e:
+        one_process_only = [name for name, used in (("--data", args.data), ("--mix", args.mix), ("--signed", args.signed),
+                                                    ("--no-pack", args.no_pack), ("--seq-len", args.seq_len != 256))
+                            if used]
+        if one_process_only:
+            raise ValueError(f"--expert-parallel: trains on the default mixture in packed rows of 256; "
+                             f"{', '.join(one_process_only)} work in one process only")
+        start = _check_resumable(out, cfg)
+    except (ValueError, CheckpointError) as e:
         print(f"minimoe train: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     print(f"training {cfg.name} with its experts on {args.expert_parallel} processes ...", flush=True)
+    if start:
+        print(f"resuming {out} from step {start}", flush=True)
     try:
-        losses = launch(train_worker, args.expert_parallel, (cfg.name, args.steps, args.batch_size, args.seed,
-                                                              args.lr, args.samples, str(out), args.dispatch),
-                        timeout_s=300)[0]
+        result = launch(train_worker, args.expert_parallel,
+                        (cfg.name, args.steps, args.batch_size, args.seed, args.lr, args.samples, str(out),
+                         args.dispatch, args.warmup, args.checkpoint_every), timeout_s=300)[0]
     except DistributedError as e:
         print(f"minimoe train: {e}", file=sys.stderr)
         return 1
-    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": v, "ce": v}) + "\n"
-                                               for i, v in enumerate(losses)))
-    print(f"step {len(losses)}: loss {losses[-1]:.4f}")
+    if result["losses"]:
+        print(f"step {result['start'] + len(result['losses'])}: loss {result['losses'][-1]:.4f}")
     print(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}")
     return 0
 
@@ -283,11 +296,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     try:
         prof, est = profile_training_step(args.preset, args.batch, args.seq, dtype=args.dtype,
                                           checkpointing=args.checkpointing, device=args.device,
-                                          crosscheck=args.crosscheck)
+                                          crosscheck=args.crosscheck, autocast=args.autocast)
     except (ValueError, TypeError) as e:
         print(f"minimoe profile: {e}", file=sys.stderr)
         return 2
     print(f"one training step of {args.preset}: batch {args.batch} x {args.seq} tokens, {args.dtype}, AdamW"
+          f"{f', autocast to {args.autocast}' if args.autocast else ''}"
           f"{', activation checkpointing' if args.checkpointing else ''}, on {args.device}")
     print(format_comparison(prof, est))
     print()
@@ -392,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=_positive(int), default=8)
     pr.add_argument("--seq", type=_positive(int), default=128, help="tokens per sequence (default: 128)")
     pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    pr.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                    help="mixed precision: compute under torch.autocast, fp32 weights and AdamW (with --dtype float32)")
     pr.add_argument("--checkpointing", action="store_true", help="activation checkpointing around each block")
     pr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     pr.add_argument("--crosscheck", action="store_true",

@@ -3,6 +3,10 @@
 With the cache, the prompt is run once and each new token costs one position's work; without it,
 every step runs the whole sequence again. Greedy decoding gives the same tokens either way (a test
 holds it to that); ``benchmarks/bench_generate.py`` measures the speed-up.
+
+``decode_step_seconds`` times one attention layer's step for one new token after a given number of
+cached ones (MHA, GQA, or MLA in its naive or absorbed form); ``benchmarks/bench_decode_attention.py``
+sweeps it over context lengths for chapter 08.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from minimoe.config import ModelConfig
 from minimoe.data import Sample
+from minimoe.model.attention import Attention
+from minimoe.model.cache import KVCache
+from minimoe.model.latent import LatentAttention
+from minimoe.model.layers import rope_angles
 from minimoe.model.transformer import Transformer
 
 
@@ -164,3 +173,50 @@ def summarize(answers: list[Answer], by: str = "difficulty") -> dict:
                 "seconds": sum(a.seconds for a in items) / n}
 
     return {"all": stats(answers), **{k: stats(v) for k, v in sorted(groups.items())}}
+
+
+@torch.no_grad()
+def decode_step_seconds(cfg: ModelConfig, context: int, impl: str = "auto", batch: int = 1, repeats: int = 10,
+                        seed: int = 0, best: bool = False) -> float:
+    """Seconds (the median of ``repeats`` after a warm-up; the fastest with ``best=True``, which
+    suits a busy machine) that one attention layer of ``cfg`` takes to decode one new token for
+    ``batch`` sequences with ``context`` tokens already in its cache.
+
+    The layer and its cache are random (speed does not depend on the values): the cache is filled
+    with ``context`` positions, and each timed step computes the new token's queries, keys and values,
+    writes them at position ``context`` and attends over all ``context + 1``. ``impl``: for MLA,
+    ``"absorbed"`` or ``"naive"`` (``"auto"`` decodes absorbed, as the model does); MHA and GQA
+    take ``"auto"``.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg: got {type(cfg).__name__}, need a ModelConfig")
+    for name, value in (("context", context), ("batch", batch), ("repeats", repeats)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: got {value!r}, need an int >= 1")
+    mla = cfg.attention == "mla"
+    if impl not in (("auto", "naive", "absorbed") if mla else ("auto",)):
+        raise ValueError(f"impl: got {impl!r}, need " + ("'auto', 'naive' or 'absorbed'" if mla else "'auto' for "
+                                                         f"{cfg.attention}"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = (LatentAttention(cfg) if mla else Attention(cfg)).eval()
+    if mla:
+        layer.impl = impl
+        cache = KVCache(1, batch, 1, context + 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim, v_head_dim=0)
+        rope_dim = cfg.qk_rope_head_dim
+    else:
+        cache = KVCache(1, batch, cfg.kv_heads, context + 1, cfg.dim_head)
+        rope_dim = cfg.dim_head
+    for buffer in cache.k + cache.v:
+        buffer[:, :, :context] = torch.randn(buffer[:, :, :context].shape, generator=gen)
+    cache.length = context  # never advanced: every step writes position `context` again
+    x = torch.randn(batch, 1, cfg.d_model, generator=gen)
+    cos, sin = rope_angles(torch.tensor([context]), rope_dim)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        layer(x, cos, sin, cache=cache, layer=0)
+        if i:  # the first call is the warm-up
+            times.append(time.perf_counter() - start)
+    return min(times) if best else sorted(times)[len(times) // 2]

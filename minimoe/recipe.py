@@ -8,6 +8,9 @@
 - ``chinchilla_optimal``: compute-optimal parameters and tokens (Hoffmann et al., arXiv 2203.15556:
   about 20 tokens per parameter).
 - ``inference_flops_per_token`` and ``answer_cost``: 2·N_activated FLOPs per generated token.
+- the KV cache: bytes per token (``kv_bytes_per_token``), the FLOPs and bytes of one decoding
+  step's attention (``decode_attention_cost``), and what is left for it once the weights are in
+  memory (``serving_budget``).
 
 Conventions: N is counted in parameters (not bytes); "activated" means every parameter a token's
 forward pass reads: one row of the embedding table, all attention, norm and dense parameters, the
@@ -156,6 +159,64 @@ def max_context(cfg: ModelConfig | str, budget_bytes: float, batch: int = 1, byt
     _positive("budget_bytes", budget_bytes)
     _positive("batch", batch)
     return int(budget_bytes // (batch * kv_bytes_per_token(cfg, bytes_per_element)))
+
+
+def decode_attention_cost(cfg: ModelConfig | str, context: int, absorbed: bool = True,
+                          bytes_per_element: int = 2) -> dict[str, float]:
+    """One new token's attention over ``context`` cached tokens: one layer, one sequence.
+
+    Returns the FLOPs of attending (scores and the weighted sum, 2 per multiply-add; the softmax
+    and the projections into and out of attention, which do not grow with the context, are left
+    out), the bytes of cache read, and their ratio, the arithmetic intensity (FLOPs per byte):
+
+    - MHA and GQA: each of H query heads scores the L keys of its KV head and sums their values,
+      4·H·L·d_h FLOPs, reading 2·KV·L·d_h numbers (intensity H/KV per 2 bytes: 1 FLOP/B for MHA);
+    - MLA, absorbed: multi-query attention over the latent, every head's query against one key row
+      [c_kv | k_R] (d_c + d_R wide) and one value row c_kv (d_c wide): 2·H·L·(2·d_c + d_R) FLOPs,
+      reading L·(d_c + d_R) numbers;
+    - MLA, naive (``absorbed=False``): first expand every cached latent into each head's keys and
+      values, 2·L·d_c·H·(d_nope + d_v) FLOPs, then attend: 2·H·L·(d_nope + d_R + d_v).
+    """
+    if isinstance(cfg, str):
+        cfg = preset(cfg)
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise ValueError(f"context: got {context!r}, need an int >= 1")
+    if not isinstance(bytes_per_element, int) or bytes_per_element < 1:
+        raise ValueError(f"bytes_per_element: got {bytes_per_element!r}, need a positive int")
+    h, n = cfg.n_heads, context
+    if cfg.attention == "mla":
+        dc, dr, dn, dv = cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.qk_nope_head_dim, cfg.v_head_dim
+        if absorbed:
+            flops = 2 * h * n * (dc + dr) + 2 * h * n * dc
+        else:
+            flops = 2 * n * dc * h * (dn + dv) + 2 * h * n * (dn + dr) + 2 * h * n * dv
+        numbers = n * (dc + dr)
+    else:
+        flops = 4 * h * n * cfg.dim_head
+        numbers = 2 * cfg.kv_heads * n * cfg.dim_head
+    cache_bytes = numbers * bytes_per_element
+    return {"flops": float(flops), "cache_bytes": float(cache_bytes), "intensity": flops / cache_bytes}
+
+
+def serving_budget(cfg: ModelConfig | str, n_gpus: int, memory_per_gpu: float = 80 * 2**30,
+                   weight_bytes: float = 1.0, kv_bytes_per_element: int = 2) -> dict[str, float]:
+    """What is left for the KV cache when ``n_gpus`` GPUs of ``memory_per_gpu`` bytes hold the model.
+
+    The weights are every parameter of the main model (the MTP module, which serving can leave out,
+    is not counted) at ``weight_bytes`` each: 1 for fp8 (DeepSeek-V3 ships its weights in fp8), 2 for
+    bf16. Activations, CUDA contexts, communication buffers and fragmentation are left out too, so
+    ``kv_tokens`` (cached tokens over all sequences) is an upper bound; ``left_bytes`` < 0 means the
+    weights alone do not fit.
+    """
+    _positive("n_gpus", n_gpus)
+    _positive("memory_per_gpu", memory_per_gpu)
+    _positive("weight_bytes", weight_bytes)
+    memory = n_gpus * memory_per_gpu
+    weights = count_params(cfg).total * weight_bytes
+    left = memory - weights
+    tokens = int(left // kv_bytes_per_token(cfg, kv_bytes_per_element)) if left > 0 else 0
+    return {"memory_bytes": float(memory), "weight_bytes": float(weights), "left_bytes": float(left),
+            "kv_tokens": tokens}
 
 
 # --- GPUs, FLOPs, hours, dollars -------------------------------------------------------------

@@ -124,3 +124,17 @@ def test_absorbed_mla_is_multi_query_attention_over_the_latent():
         y = torch.einsum("bhtc,hvc->bhtv", out, w_uv).transpose(1, 2).reshape(1, 9, -1)
         torch.testing.assert_close(attn.wo(y), attn(x, cos, sin), rtol=1e-4, atol=1e-5)
     assert q.shape[-1] == MLA.kv_lora_rank + MLA.qk_rope_head_dim and v.shape[-1] == MLA.kv_lora_rank
+
+
+def test_decode_step_seconds_times_each_kind_and_checks_its_arguments():
+    from minimoe.generate import decode_step_seconds
+
+    for cfg, impl in ((GQA, "auto"), (MLA, "naive"), (MLA, "absorbed"), (MLA, "auto")):
+        seconds = decode_step_seconds(cfg, 5, impl, batch=2, repeats=2)
+        assert isinstance(seconds, float) and seconds > 0
+    with pytest.raises(ValueError, match="impl"):
+        decode_step_seconds(GQA, 5, "absorbed")
+    with pytest.raises(ValueError, match="context"):
+        decode_step_seconds(MLA, 0)
+    with pytest.raises(TypeError, match="cfg"):
+        decode_step_seconds("tiny", 5)

@@ -19,6 +19,7 @@ import torch
 from minimoe.dispatch import (BACKENDS, check_inputs, choose_backend, combine, expert_ffn, grouped_mm,
                               permute, route, triton_importable)
 from minimoe.dispatch import triton_path
+from minimoe.dispatch.debug import HostReads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,6 +120,22 @@ def run_cases(backend: str, dtype_name: str) -> None:
     for case in CASES:
         compare(backend, case, getattr(torch, dtype_name))
     print(f"{backend} {dtype_name}: {len(CASES)} cases equal the loop")
+    print(f"{backend} keeps {saved_hidden(backend)} (rows, hidden) tensors for backward")
+
+
+def saved_hidden(backend: str) -> int:
+    """How many (N·k, h)-shaped tensors the backend's autograd node keeps for backward (g and u: 2; act: no)."""
+    n, d, h, e, k = 16, 32, 24, 4, 2
+    tensors = make_case(n, d, h, e, k, "random", torch.float32)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        expert_ffn(*tensors, backend=backend)
+    return shapes.count((n * k, h))
 
 
 # --- the torch path ------------------------------------------------------------------------------
@@ -214,6 +231,11 @@ def test_triton_equals_loop_in_the_interpreter(dtype):
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{len(CASES)} cases equal the loop" in proc.stdout
+    assert "triton keeps 2 (rows, hidden) tensors for backward" in proc.stdout  # g and u; act is rebuilt
+
+
+def test_the_torch_path_rebuilds_act_instead_of_keeping_it():
+    assert saved_hidden("torch") == 2  # g and u
 
 
 @needs_triton
@@ -250,23 +272,6 @@ def test_tile_schedule_never_mixes_experts():
 
 # --- no host synchronisation ---------------------------------------------------------------------------
 
-class _NoHostSync(torch.overrides.TorchFunctionMode):
-    """Fails on every torch call that reads a device value back to the host (a sync on a GPU)."""
-
-    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
-             torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
-             torch.bincount, torch.Tensor.bincount, torch.unique, torch.Tensor.unique, torch.masked_select,
-             torch.Tensor.masked_select, torch.Tensor.numpy, torch.Tensor.cpu}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.READS:
-            raise AssertionError(f"{getattr(func, '__name__', func)} reads a device value back to the host")
-        if func is torch.Tensor.__getitem__ and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
-                                                    for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
-            raise AssertionError("indexing with a boolean mask sizes its result from device values")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_torch_path_never_reads_device_values_back(masked):
     """What runs between the router and the combine on a GPU: route, grouped matmuls, combine, and the
@@ -278,7 +283,7 @@ def test_the_torch_path_never_reads_device_values_back(masked):
     mask = case_mask(24, "masked" if masked else "random")
     if not hasattr(torch, "_grouped_mm"):
         pytest.skip("this torch has no torch._grouped_mm; its loop fallback reads the offsets")
-    with _NoHostSync():
+    with HostReads(strict=True):
         out = expert_ffn_torch(*tensors, token_mask=mask)
         grads = torch.autograd.grad(out, [tensors[i] for i in (0, 2, 3, 4, 5)], torch.ones_like(out))
     want = expert_ffn(*tensors, backend="loop", token_mask=mask)
@@ -289,14 +294,14 @@ def test_the_torch_path_never_reads_device_values_back(masked):
 def test_the_sync_detector_catches_the_old_route():
     """The detector can fail: ``torch.bincount`` (the old way to count tokens per expert) trips it."""
     idx = torch.tensor([[0, 1], [1, 2]])
-    with pytest.raises(AssertionError, match="bincount"), _NoHostSync():
+    with pytest.raises(AssertionError, match="bincount"), HostReads(strict=True):
         torch.bincount(idx.reshape(-1), minlength=3)
 
 
 def test_route_and_the_triton_schedule_never_read_device_values_back():
     idx = torch.randint(0, 7, (50, 3))
     mask = torch.rand(50) > 0.3
-    with _NoHostSync():
+    with HostReads(strict=True):
         order, counts, offsets = route(idx, 7, mask)
         tiles = triton_path.schedule(counts, offsets, 16, 150)
     assert counts.sum().item() == 3 * int(mask.sum())
@@ -315,7 +320,9 @@ def test_the_decoding_shortcut_equals_the_loop(case):
     tensors = [t.detach() for t in make_case(n, d, h, e, k, routing, torch.float32)]
     mask = case_mask(n, routing)
     want = expert_ffn(*tensors, backend="loop", token_mask=mask)
-    torch.testing.assert_close(expert_ffn_gathered(*tensors, token_mask=mask), want, rtol=1e-5, atol=1e-6)
+    for views in (True, False):  # a CPU's way (views of each expert), a GPU's way (gathered weights, bmm)
+        torch.testing.assert_close(expert_ffn_gathered(*tensors, token_mask=mask, views=views), want,
+                                   rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(expert_ffn(*tensors, backend="torch", token_mask=mask), want,
                                    rtol=1e-5, atol=1e-6)
@@ -331,3 +338,113 @@ def test_the_reference_depends_on_nothing_in_the_package():
     modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not [m for m in modules if m.startswith("minimoe")], modules
+
+
+def test_the_syncs_that_remain_are_where_chapter_06_says():
+    """The loop fallback of grouped_mm reads the offsets; the CPU bounds check reads the expert ids;
+    the path past the checks with torch._grouped_mm reads nothing. ``HostReads`` names each place."""
+    tensors = [t.detach() for t in make_case(24, 32, 16, 6, 2, "random", torch.float32)]
+    with HostReads() as reads:
+        expert_ffn(*tensors, backend="torch")  # on a CPU: the bounds check in check_inputs
+    assert reads.found and all("check_inputs" in r.where for r in reads.found), reads.where()
+    order, _, offsets = route(tensors[1], 6)
+    xs = permute(tensors[0], order, 2)
+    with HostReads() as reads:
+        grouped_mm(xs, tensors[3], offsets, use_gmm=False)  # the loop over experts
+    assert [r.call for r in reads.found] == ["tolist"] and "grouped_mm" in reads.found[0].where
+    with pytest.raises(AssertionError, match="tolist"), HostReads(strict=True):
+        grouped_mm(xs, tensors[3], offsets, use_gmm=False)
+
+
+def test_host_reads_sees_boolean_mask_indexing_and_item():
+    x = torch.arange(6.0)
+    with HostReads() as reads:
+        x[x > 2]
+        x.sum().item()
+        x[1:3] * 2  # a slice is metadata: no read
+    assert [r.call for r in reads.found] == ["indexing with a boolean mask", "item"]
+    assert all("test_dispatch.py" in r.where for r in reads.found)
+
+
+# --- kernel engineering: the tiles autotune chooses from -----------------------------------------------
+
+from minimoe.dispatch import tuning  # noqa: E402
+
+
+@pytest.mark.parametrize("limit,name", [(101_376, "sm86/sm89"), (166_912, "sm80"), (232_448, "sm90")])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_every_gemm_tile_kept_fits_the_shared_memory(limit, name, mode):
+    for nbytes in (2, 4):
+        tiles = tuning.gemm_tiles(nbytes, limit, mode, block_m=64)
+        assert tiles, name
+        for t in tiles:
+            need = tuning.shared_memory_bytes(t, nbytes, 64, dual_a=mode == 3, dual_b=mode in (1, 3))
+            assert need <= limit or t == tuning.FALLBACK_GEMM, (name, t, need)
+            assert t.kwargs["BLOCK_K"] == 64 if nbytes == 2 else t.kwargs["BLOCK_K"] <= 32  # 16 bits: K by 64
+    for dual in (False, True):
+        for t in tuning.weight_grad_tiles(2, limit, dual):
+            assert tuning.shared_memory_bytes(t, 2, dual_b=dual, weight_grad=True) <= limit
+
+
+def test_the_99kb_gpus_lose_the_deep_pipelines_and_the_fallback_always_fits():
+    big = tuning.gemm_tiles(2, 232_448, mode=1, block_m=64)
+    small = tuning.gemm_tiles(2, 101_376, mode=1, block_m=64)
+    assert len(small) < len(big) and set(small) <= set(big)
+    assert tuning.gemm_tiles(2, 10_000, mode=3, block_m=64) == [tuning.FALLBACK_GEMM]  # nothing fits: the fallback
+    assert tuning.weight_grad_tiles(2, 10_000, dual=True) == [tuning.FALLBACK_WEIGHT_GRAD]
+    for mode in range(4):
+        assert tuning.shared_memory_bytes(tuning.FALLBACK_GEMM, 2, 64, mode == 3, mode in (1, 3)) <= 65_536
+    assert tuning.shared_memory_bytes(tuning.FALLBACK_WEIGHT_GRAD, 2, dual_b=True, weight_grad=True) <= 65_536
+    # the weight gradient sums over an expert's rows: a 128 x 128 block of dW per program
+    assert any(t.kwargs["BLOCK_K"] == t.kwargs["BLOCK_N"] == 128 for t in tuning.WEIGHT_GRAD_CANDIDATES)
+
+
+@needs_triton
+def test_pruning_picks_by_device_and_keeps_one_tile_in_the_interpreter(monkeypatch):
+    import types
+
+    configs = tuning.triton_configs(tuning.GEMM_CANDIDATES)
+    a = torch.empty(4, 4, dtype=torch.bfloat16)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    (only,) = tuning.prune_gemm(configs, {"a_ptr": a}, MODE=1, BLOCK_M=16)
+    assert only.kwargs == tuning.INTERPRETER_GEMM.kwargs
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for (major, minor), limit in [((8, 6), 101_376), ((9, 0), 232_448)]:
+        props = types.SimpleNamespace(major=major, minor=minor)  # no shared_memory_per_block_optin: the table
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, p=props: p)
+        kept = tuning.prune_gemm(configs, {"a_ptr": a}, MODE=1, BLOCK_M=64)
+        assert kept and all(c.kwargs["BLOCK_K"] == 64 for c in kept)
+        assert all(tuning.shared_memory_bytes(tuning._tile(c.num_warps, c.num_stages, **c.kwargs), 2, 64,
+                                              dual_b=True) <= limit for c in kept)
+    wg = tuning.prune_weight_grad(tuning.triton_configs(tuning.WEIGHT_GRAD_CANDIDATES), {"a_ptr": a}, DUAL=True)
+    assert wg and all(c.kwargs["BLOCK_K"] * c.kwargs["BLOCK_N"] >= 64 * 64 for c in wg)
+
+
+@needs_triton
+def test_the_host_launches_the_autotuned_kernels():
+    mod = triton_path.kernels()
+    assert type(mod.grouped_mm).__name__ == "Autotuner" and mod.grouped_mm.keys == ["K", "N", "MODE"]
+    assert len(mod.grouped_mm.configs) == len(tuning.GEMM_CANDIDATES)
+    assert mod.grouped_weight_grad.keys == ["K", "N", "DUAL", "A_SWIGLU"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_triton_paths_host_side_never_reads_device_values_back(masked, monkeypatch):
+    """Everything the Triton autograd Function does on the host, forward and backward, with the kernel
+    launches replaced by no-ops: the schedule, the buffers, the grids. (The kernels run on the device.)"""
+
+    class Launch:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: None
+
+    class NoKernels:
+        def __getattr__(self, name):
+            return Launch()
+
+    monkeypatch.setattr(triton_path, "kernels", lambda: NoKernels())
+    tensors = make_case(24, 32, 16, 6, 2, "skewed", torch.float32)
+    mask = case_mask(24, "masked" if masked else "random")
+    with HostReads(strict=True):
+        out = triton_path._TritonExpertFFN.apply(*tensors, mask)
+        grads = torch.autograd.grad(out, [tensors[i] for i in (0, 2, 3, 4, 5)], torch.ones_like(out))
+    assert out.shape == (24, 32) and len(grads) == 5

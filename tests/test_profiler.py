@@ -44,16 +44,42 @@ def test_torch_tensor_from_python_data_is_counted():
     del t
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, None), (torch.bfloat16, None),
+                                            (torch.float32, torch.bfloat16)], ids=["fp32", "bf16", "mixed"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
-def test_categories_equal_the_prediction_to_the_byte(dtype, checkpointing):
-    prof, est = profile_training_step(SMALL, batch=3, seq_len=16, dtype=dtype, checkpointing=checkpointing)
+def test_categories_equal_the_prediction_to_the_byte(dtype, autocast, checkpointing):
+    prof, est = profile_training_step(SMALL, batch=3, seq_len=16, dtype=dtype, checkpointing=checkpointing,
+                                      autocast=autocast)
     last = prof.at_exit()
+    assert est.exact_activations
     assert last["parameters"] == est.parameters == count_params(SMALL).total * dtype.itemsize
     assert last["gradients"] == est.gradients
     assert last["optimizer"] == est.optimizer
     assert prof.at_phase_end("forward")["activations"] == est.activations
     assert prof.baseline == est.parameters + est.optimizer  # gradients were set to None before the step
+
+
+def test_mixed_precision_keeps_16_bytes_per_parameter_and_12_with_bf16_moments():
+    n = count_params(SMALL).total
+    tensors = sum(1 for _ in build_model(SMALL).parameters())
+    for state, per_param in ((None, 16), ("bfloat16", 12)):
+        prof, est = profile_training_step(SMALL, batch=2, seq_len=8, autocast="bfloat16", state_dtype=state)
+        last = prof.at_exit()
+        assert last["parameters"] + last["gradients"] + last["optimizer"] == per_param * n + 4 * tensors
+        assert last["parameters"] == est.parameters and last["optimizer"] == est.optimizer
+    mixed = estimate_memory(SMALL, 2, 8, autocast="bfloat16")
+    pure = estimate_memory(SMALL, 2, 8, dtype="bfloat16")
+    assert mixed.parameters == 2 * pure.parameters and mixed.logits == pure.logits  # bf16 logits either way
+    with pytest.raises(ValueError, match="autocast"):
+        estimate_memory(SMALL, 2, 8, dtype="bfloat16", autocast="bfloat16")
+
+
+@pytest.mark.parametrize("batch,seq_len", [(3, 16), (1, 2)], ids=["activations dominate", "weights dominate"])
+@pytest.mark.parametrize("kwargs", [{}, {"autocast": "bfloat16"}, {"checkpointing": True}], ids=["fp32", "mixed", "ckpt"])
+def test_the_peak_lies_above_its_lower_bound(batch, seq_len, kwargs):
+    prof, est = profile_training_step(SMALL, batch=batch, seq_len=seq_len, **kwargs)
+    assert est.peak_lower == max(est.forward_end + est.rebuilt, est.steady)
+    assert est.peak_lower <= prof.peak < 1.5 * est.peak_lower  # backward's and the optimizer's working space on top
 
 
 def test_bf16_optimizer_state_halves_the_moments():
@@ -220,3 +246,84 @@ def test_the_profiler_observes_a_step_it_is_handed_and_imports_no_trainer():
     assert prof.at_exit()["optimizer"] == 2 * sum(p.numel() * 4 for p in params) + 4 * len(params)
     with pytest.raises(TypeError, match="step"):
         profile_step("not a function", model)
+
+
+# --- the CUDA cross-check's arithmetic, on synthetic allocator records --------------------------------
+
+from minimoe.profiler.crosscheck import (block_bounds, cuda_crosscheck, peak_bounds, snapshot_timeline,  # noqa: E402
+                                         tracker_events)
+
+MiB = 1 << 20
+
+
+def test_block_bounds_follow_the_caching_allocators_rules():
+    assert block_bounds(0) == (0, 0)
+    assert block_bounds(1) == block_bounds(512) == (512, 512)  # 512 bytes at least
+    assert block_bounds(513) == (1024, 1024)  # a multiple of 512
+    assert block_bounds(MiB) == (MiB, MiB)  # small pool: always split exactly
+    assert block_bounds(MiB + 1) == (MiB + 512, 2 * MiB + 512)  # a cached block left unsplit: up to 1 MiB more
+    assert block_bounds(20 * MiB) == (20 * MiB, 21 * MiB)
+    with pytest.raises(ValueError, match="nbytes"):
+        block_bounds(-1)
+
+
+def test_peak_bounds_replay_allocs_and_frees():
+    # 100 B (a 512 B block), then 3 MiB + 100 B (rounded to 3 MiB + 512, maybe 1 MiB more), then the 100 B freed
+    events = [(100, "alloc"), (3 * MiB + 100, "alloc"), (100, "free"), (200, "alloc")]
+    assert peak_bounds(events) == (3 * MiB + 1024, 4 * MiB + 1024)
+    # a block alive at the start, freed: its true size is unknown within its bounds, so the range widens
+    events = [(2 * MiB + 1, "free_baseline"), (3 * MiB, "alloc")]
+    # after both: [3 MiB - (3 MiB + 512), 4 MiB - (2 MiB + 512)]; the start itself (0) bounds the peak below
+    assert peak_bounds(events) == (0, 4 * MiB - (2 * MiB + 512))
+    assert peak_bounds([]) == (0, 0)
+    with pytest.raises(ValueError, match="kind"):
+        peak_bounds([(8, "malloc")])
+
+
+def _stats(requested_current, requested_peak, allocated_current, allocated_peak):
+    return {"requested_bytes.all.current": requested_current, "requested_bytes.all.peak": requested_peak,
+            "allocated_bytes.all.current": allocated_current, "allocated_bytes.all.peak": allocated_peak}
+
+
+def test_cuda_crosscheck_compares_like_with_like():
+    """A synthetic region: 4 MiB of weights alive before (in 4 MiB of blocks), then requests of 1,000 B and
+    1.5 MiB; the allocator served the 1.5 MiB from a cached 2.5 MiB block it did not split."""
+    before = _stats(4 * MiB, 4 * MiB, 4 * MiB, 4 * MiB)
+    request = [1000, 3 * MiB // 2]
+    after = _stats(4 * MiB, 4 * MiB + sum(request), 4 * MiB, 4 * MiB + 1024 + 5 * MiB // 2)
+    events = [(n, "alloc") for n in request] + [(n, "free") for n in request]
+    exact = cuda_crosscheck(before, after, tracked_peak=sum(request), events=events)
+    assert exact["allocator_peak"] == sum(request) and exact["relative_difference"] == 0 and exact["within_tolerance"]
+    assert exact["allocated_bounds"] == (1024 + 3 * MiB // 2, 1024 + 5 * MiB // 2)
+    assert exact["allocated_within_bounds"]
+    # the old check: rounded blocks against max_memory_allocated would call the unsplit block a 40% miss
+    assert (after["allocated_bytes.all.peak"] - 4 * MiB) / (1024 + 3 * MiB // 2) > 1.4
+    # a tracker that missed a 1.5 MiB allocation is caught on both counts
+    missed = cuda_crosscheck(before, after, tracked_peak=1000, events=[(1000, "alloc"), (1000, "free")])
+    assert not missed["within_tolerance"] and not missed["allocated_within_bounds"]
+    # scratch space under the tolerance (say cuBLAS's workspace) passes
+    scratch = _stats(4 * MiB, 4 * MiB + 100 * MiB + 1 * MiB, 4 * MiB, 4 * MiB + 101 * MiB)
+    ok = cuda_crosscheck(before, scratch, tracked_peak=100 * MiB, events=[(100 * MiB, "alloc")])
+    assert ok["within_tolerance"] and ok["allocated_within_bounds"] and ok["tolerance"] == 0.02
+
+
+def test_tracker_events_mark_the_baseline():
+    model = torch.nn.Linear(10, 10, bias=False)  # its 400 B weight is alive at the start: the baseline
+    with MemoryProfiler(model) as prof:
+        a = torch.ones(10)  # 40 B
+        model.weight = torch.nn.Parameter(torch.zeros(10, 10))  # 400 B; the old weight is freed
+        del a
+    assert tracker_events(prof.tracker) == [(40, "alloc"), (400, "alloc"), (400, "free_baseline"), (40, "free")]
+
+
+def test_snapshot_timeline_counts_the_programs_requests():
+    snapshot = {"segments": [], "device_traces": [[
+        {"action": "segment_alloc", "addr": 0, "size": 2 * MiB},  # the allocator's own cudaMalloc: not counted
+        {"action": "alloc", "addr": 0, "size": 1000},
+        {"action": "alloc", "addr": 1024, "size": 3000},
+        {"action": "free_requested", "addr": 0, "size": 1000},
+        {"action": "free_completed", "addr": 0, "size": 1000},  # the same free, seen again: not counted
+    ]]}
+    assert snapshot_timeline(snapshot) == [1000, 4000, 3000]
+    with pytest.raises(ValueError, match="device_traces"):
+        snapshot_timeline({"segments": []}, device=0)

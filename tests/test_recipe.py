@@ -228,6 +228,44 @@ def test_kv_cache_per_token():
         recipe.kv_bytes_per_token(v3, 0)
 
 
+def test_decode_attention_cost_counts_flops_and_cache_bytes():
+    v3 = preset("deepseek-v3")
+    absorbed = recipe.decode_attention_cost(v3, 4096)
+    # multi-query attention over the latent: 128 heads, keys 576 wide, values 512 wide
+    assert absorbed["flops"] == 2 * 128 * 4096 * 576 + 2 * 128 * 4096 * 512
+    assert absorbed["cache_bytes"] == 4096 * 576 * 2
+    assert absorbed["intensity"] == pytest.approx(128 * 1088 / 576)
+    naive = recipe.decode_attention_cost(v3, 4096, absorbed=False)
+    assert naive["cache_bytes"] == absorbed["cache_bytes"]  # the same cache, read either way
+    assert naive["flops"] == 2 * 4096 * 512 * 128 * (128 + 128) + 2 * 128 * 4096 * (128 + 64) + 2 * 128 * 4096 * 128
+    mha = recipe.decode_attention_cost(v3.with_(attention="mha"), 100, bytes_per_element=2)
+    assert mha["intensity"] == 1.0 and mha["cache_bytes"] == 2 * 128 * 100 * 128 * 2
+    gqa = recipe.decode_attention_cost(v3.with_(attention="gqa", n_kv_heads=8), 100)
+    assert gqa["flops"] == mha["flops"] and gqa["intensity"] == 16.0
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="context"):
+            recipe.decode_attention_cost(v3, bad)
+    with pytest.raises(ValueError, match="bytes_per_element"):
+        recipe.decode_attention_cost(v3, 10, bytes_per_element=0)
+
+
+def test_serving_budget_puts_the_weights_in_memory_first():
+    v3 = preset("deepseek-v3")
+    node = 8 * 80 * 2**30
+    fp8 = recipe.serving_budget(v3, 8)
+    assert fp8["weight_bytes"] == recipe.count_params(v3).total
+    assert fp8["left_bytes"] == node - fp8["weight_bytes"] > 0
+    assert fp8["kv_tokens"] == int(fp8["left_bytes"] // 70_272)
+    bf16 = recipe.serving_budget(v3, 8, weight_bytes=2)
+    assert bf16["left_bytes"] < 0 and bf16["kv_tokens"] == 0  # 1.34 TB of weights do not fit in 687 GB
+    two_nodes = recipe.serving_budget(v3, 16)
+    assert two_nodes["kv_tokens"] > 40 * fp8["kv_tokens"]
+    with pytest.raises(ValueError, match="n_gpus"):
+        recipe.serving_budget(v3, 0)
+    with pytest.raises(ValueError, match="weight_bytes"):
+        recipe.serving_budget(v3, 8, weight_bytes=-1)
+
+
 def test_gpu_table_names_the_16_bit_format_of_its_peak():
     assert recipe.gpu("t4").half == "fp16" and not recipe.gpu("t4").has_bf16  # a T4 has no bf16 units
     assert {g.half for name, g in recipe.GPUS.items() if name != "t4"} == {"bf16"}

@@ -3,15 +3,21 @@
 - the *lower bound*: one matmul chain with the same activated FLOPs (N·k rows through ONE
   expert's SwiGLU, no routing, no gather, no combine): what a perfect dispatch would cost;
 - the *dense baseline*: every expert runs on every token and the combine masks out the experts
-  a token did not choose (E/k times the FLOPs, but no routing at all).
+  a token did not choose (E/k times the FLOPs, but no routing at all);
+- the *roofline* (``minimoe.roofline``): the lower bound reads one expert's weights, a real layer
+  reads every expert it routes to. ``layer_traffic`` counts the FLOPs and the least bytes any
+  dispatch must move (each used expert's weights, each token in and out), and the roofline time
+  is the larger of FLOPs ÷ peak and bytes ÷ bandwidth, both measured on this machine.
 
 Every time is reported as a ratio to the lower bound measured in the same run, so the numbers
-compare across machines. ``minimoe bench dispatch`` and ``benchmarks/dispatch.py`` call ``main``.
+compare across machines. Cases whose tensors would not fit the device's free memory are skipped,
+and say so (``fit_grid``). ``minimoe bench dispatch`` and ``benchmarks/dispatch.py`` call ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.dispatch.backends import choose_backend, expert_ffn, triton_importable
+from minimoe.roofline import Roofline, measure_bandwidth, measure_peak_flops, roofline
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,30 @@ class Case:
     def active_flops(self) -> float:
         """Forward FLOPs of the activated experts: three matmuls of 2·d·h per (token, expert)."""
         return 6.0 * self.tokens * self.k * self.d * self.h
+
+    @property
+    def experts_used(self) -> float:
+        """Experts that get at least one token, expected under uniform routing: E·(1 - (1 - k/E)^N)."""
+        return self.experts * (1.0 - (1.0 - self.k / self.experts) ** self.tokens)
+
+    @property
+    def tokens_per_expert(self) -> float:
+        """N·k / E: the rows each expert's weights are used for, on average."""
+        return self.tokens * self.k / self.experts
+
+    def tensor_bytes(self, dtype_bytes: int, backward: bool = True, dense: bool = False) -> int:
+        """Bytes the benchmark holds at once for this case, generously: weights (and their gradients),
+        the routed rows' hidden and output activations, tokens in and out; the dense baseline's
+        (E, N, ·) activations when ``dense``. Used to skip what does not fit (``fit_grid``)."""
+        n, d, h, e, r = self.tokens, self.d, self.h, self.experts, self.tokens * self.k
+        weights = 3 * e * d * h * dtype_bytes * (2 if backward else 1)
+        rows = r * (4 * h + 3 * d) * dtype_bytes + r * d * 4 * (2 if backward else 1)  # + fp32 combine
+        tokens = 4 * n * d * 4  # x, out and their gradients (fp32 at worst)
+        lower_bound = r * (3 * h + 2 * d) * dtype_bytes * (2 if backward else 1)
+        total = weights + rows + tokens + lower_bound
+        if dense:
+            total += e * n * (3 * h + d) * dtype_bytes * (2 if backward else 1)
+        return int(total)
 
 
 CPU_GRID = (
@@ -56,6 +87,15 @@ GPU_GRID = (
 )
 
 
+def _random_weights(gen: torch.Generator, shape: tuple[int, int, int], scale: float, device, dtype) -> torch.Tensor:
+    """(E, a, b) random weights made one expert at a time on the host (fp32) and moved: the host never
+    holds more than one expert's fp32 copy (the V3-like case's weights are 22 GB in bf16, 45 GB in fp32)."""
+    out = torch.empty(shape, device=device, dtype=dtype)
+    for e in range(shape[0]):
+        out[e].copy_(torch.randn(shape[1:], generator=gen) * scale)
+    return out
+
+
 def make_inputs(case: Case, device="cpu", dtype=torch.float32, seed: int = 0):
     """x, topk_idx, topk_weight, w_gate, w_up, w_down for one case (the float ones require grad)."""
     gen = torch.Generator().manual_seed(seed)
@@ -65,16 +105,70 @@ def make_inputs(case: Case, device="cpu", dtype=torch.float32, seed: int = 0):
     topk = scores.softmax(-1).topk(case.k, dim=-1)
     weight = topk.values / topk.values.sum(-1, keepdim=True)
     e, d, h = case.experts, case.d, case.h
-    tensors = [torch.randn(case.tokens, d, generator=gen), topk.indices, weight,
-               torch.randn(e, d, h, generator=gen) / d**0.5, torch.randn(e, d, h, generator=gen) / d**0.5,
-               torch.randn(e, h, d, generator=gen) / h**0.5]
-    out = []
-    for i, t in enumerate(tensors):
-        t = t.to(device)
-        if i != 1:
-            t = t.to(dtype if i != 2 else torch.float32).requires_grad_()
-        out.append(t)
-    return out
+    x = torch.randn(case.tokens, d, generator=gen).to(device=device, dtype=dtype)
+    w_gate = _random_weights(gen, (e, d, h), d**-0.5, device, dtype)
+    w_up = _random_weights(gen, (e, d, h), d**-0.5, device, dtype)
+    w_down = _random_weights(gen, (e, h, d), h**-0.5, device, dtype)
+    return [x.requires_grad_(), topk.indices.to(device), weight.to(device).requires_grad_(),
+            w_gate.requires_grad_(), w_up.requires_grad_(), w_down.requires_grad_()]
+
+
+def free_memory(device) -> int:
+    """Bytes free on ``device`` now: ``torch.cuda.mem_get_info`` on CUDA, MemAvailable on a Linux host."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def fit_grid(grid, device="cpu", dtype=torch.float32, budget: int | None = None, fraction: float = 0.7,
+             skip_dense_over: float = 16.0) -> tuple[list[Case], list[str]]:
+    """Split ``grid`` into the cases that fit in ``budget`` bytes (default: ``fraction`` of the free
+    memory of ``device``) and a line for each one skipped, saying what it needs and what is free."""
+    if budget is None:
+        budget = int(free_memory(device) * fraction)
+    if not isinstance(budget, int) or budget <= 0:
+        raise ValueError(f"budget: got {budget!r}, need a positive number of bytes")
+    size = torch.empty((), dtype=dtype).element_size()
+    keep, skipped = [], []
+    for case in grid:
+        need = case.tensor_bytes(size, dense=case.experts / case.k <= skip_dense_over)
+        if need <= budget:
+            keep.append(case)
+        else:
+            skipped.append(f"skipped {case.name!r}: needs about {need / 1e9:.3g} GB, "
+                           f"{budget / 1e9:.3g} GB available on {torch.device(device)}")
+    return keep, skipped
+
+
+def layer_traffic(case: Case, dtype_bytes: int, backward: bool = False) -> tuple[float, float]:
+    """(FLOPs, bytes) of one MoE layer's routed experts: the FLOPs it must do and the least bytes
+    any dispatch must move.
+
+    Forward: 6·N·k·d·h FLOPs; bytes = each used expert's three matrices read once
+    (3·E_used·d·h) plus each token read and its output written once (2·N·d), times the dtype's
+    bytes. Forward + backward: 3x the FLOPs; the weights are read twice (forward, and backward for
+    dX) and their gradients written once, the tokens move five times (x, out, d out, dx, x again
+    for dW).
+    """
+    weights = 3.0 * case.experts_used * case.d * case.h * dtype_bytes
+    tokens = case.tokens * case.d * dtype_bytes
+    if backward:
+        return 3 * case.active_flops, 3 * weights + 5 * tokens
+    return case.active_flops, weights + 2 * tokens
+
+
+def case_roofline(case: Case, dtype_bytes: int, peak: float, bandwidth: float, backward: bool = False) -> Roofline:
+    """The roofline of one case on a machine of ``peak`` FLOP/s and ``bandwidth`` B/s."""
+    flops, moved = layer_traffic(case, dtype_bytes, backward)
+    return roofline(flops, moved, peak, bandwidth)
 
 
 def lower_bound(x, topk_idx, topk_weight, w_gate, w_up, w_down):
@@ -139,13 +233,16 @@ def contenders(device, dtype) -> dict:
 
 
 def run(grid=CPU_GRID, device="cpu", dtype=torch.float32, repeats: int = 3, skip_dense_over: float = 16.0,
-        progress: bool = False) -> list[dict]:
+        progress: bool = False, machine: tuple[float, float] | None = None) -> list[dict]:
     """Time every contender on every case. Returns rows: case, contender, seconds, ratios.
 
     The dense baseline is skipped (NaN) when it would do more than ``skip_dense_over`` times the
-    activated FLOPs (E/k), so a fine-grained case does not spend minutes on it.
+    activated FLOPs (E/k), so a fine-grained case does not spend minutes on it. With ``machine``
+    = (peak FLOP/s, bandwidth B/s), each case also gets a "roofline" row: the time no dispatch can
+    beat on this machine (``case_roofline``), with ``bound`` saying which roof it hits.
     """
     rows = []
+    size = torch.empty((), dtype=dtype).element_size()
     for case in grid:
         inputs = make_inputs(case, device, dtype)
         # the lower bound gets one expert's weights of its own (so its backward touches only those)
@@ -157,25 +254,29 @@ def run(grid=CPU_GRID, device="cpu", dtype=torch.float32, repeats: int = 3, skip
                 args = one if name == "lower bound" else inputs
                 fwd = time_call(_forward(fn, args), device, repeats)
                 fwd_bwd = time_call(_forward_backward(fn, args), device, repeats)
-            rows.append(dict(case=case.name, backend=name, forward_s=fwd, forward_backward_s=fwd_bwd,
-                             tflops_forward=case.active_flops / fwd / 1e12,
-                             tflops_forward_backward=3 * case.active_flops / fwd_bwd / 1e12))
+            rows.append(dict(case=case.name, backend=name, forward_s=fwd, forward_backward_s=fwd_bwd))
             if progress:
                 print(f"  {case.name:<36} {name:<28} fwd {fwd * 1e3:8.2f} ms  fwd+bwd {fwd_bwd * 1e3:8.2f} ms",
                       flush=True)
+        del inputs, one
+        if machine is not None:
+            fwd_roof = case_roofline(case, size, *machine)
+            both_roof = case_roofline(case, size, *machine, backward=True)
+            rows.append(dict(case=case.name, backend="roofline", forward_s=fwd_roof.time_s,
+                             forward_backward_s=both_roof.time_s, bound=both_roof.bound))
         bound = [r for r in rows if r["case"] == case.name and r["backend"] == "lower bound"][0]
         for r in rows:
             if r["case"] == case.name:
                 r["forward_ratio"] = r["forward_s"] / bound["forward_s"]
                 r["forward_backward_ratio"] = r["forward_backward_s"] / bound["forward_backward_s"]
+                r["tflops_forward"] = case.active_flops / r["forward_s"] / 1e12
+                r["tflops_forward_backward"] = 3 * case.active_flops / r["forward_backward_s"] / 1e12
     return rows
 
 
 def dense_matmul_tflops(device, dtype=torch.bfloat16, n: int = 8192, repeats: int = 5) -> float:
     """Throughput of one large square matmul: the ceiling the dispatch is compared with."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / time_call(lambda: a @ b, device, repeats, warmup=2) / 1e12
+    return measure_peak_flops(device, dtype, n, repeats) / 1e12
 
 
 def format_table(rows: list[dict], gpu: bool = False) -> str:
@@ -187,7 +288,8 @@ def format_table(rows: list[dict], gpu: bool = False) -> str:
         sep += "---|---|"
     lines = [head, sep]
     for r in rows:
-        line = f"| {r['case']} | {r['backend']} | {r['forward_ratio']:.2f} | {r['forward_backward_ratio']:.2f} |"
+        name = r["backend"] + (f" ({r['bound']}-bound)" if "bound" in r else "")
+        line = f"| {r['case']} | {name} | {r['forward_ratio']:.2f} | {r['forward_backward_ratio']:.2f} |"
         if gpu:
             line += f" {r['tflops_forward']:.1f} | {r['tflops_forward_backward']:.1f} |"
         lines.append(line.replace("| nan |", "| skipped |"))
@@ -210,14 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = QUICK_GRID if args.quick else (GPU_GRID if gpu else CPU_GRID)
+    grid, skipped = fit_grid(grid, device, dtype)
+    for line in skipped:
+        print(line)
+    peak = measure_peak_flops(device, dtype)
+    bandwidth = measure_bandwidth(device)
     print(f"dispatch benchmark on {device} ({dtype}, {torch.get_num_threads()} CPU threads), "
           f"auto picks {choose_backend(device, dtype)!r}; median of {args.repeats}")
-    rows = run(grid, device, dtype, args.repeats, progress=True)
+    print(f"this machine: matmul {peak / 1e12:.3g} TFLOP/s, copy {bandwidth / 1e9:.3g} GB/s "
+          f"(ridge point {peak / bandwidth:.3g} FLOP/B)")
+    rows = run(grid, device, dtype, args.repeats, progress=True, machine=(peak, bandwidth))
     print()
     print(format_table(rows, gpu))
     if gpu:
-        peak = dense_matmul_tflops(device)
-        print(f"\ndense bf16 matmul (8192³): {peak:.1f} TFLOP/s; fraction of it, forward+backward:")
+        print(f"\nfraction of the dense {str(dtype).replace('torch.', '')} matmul ({peak / 1e12:.1f} TFLOP/s), "
+              "forward+backward:")
         for r in rows:
-            print(f"  {r['case']:<40} {r['backend']:<28} {r['tflops_forward_backward'] / peak:.2f}")
+            print(f"  {r['case']:<40} {r['backend']:<28} {r['tflops_forward_backward'] * 1e12 / peak:.2f}")
     return 0

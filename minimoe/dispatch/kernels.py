@@ -12,10 +12,18 @@ Layout words used below (R = N·k assignments, sorted by expert):
 - *gather*: a kernel reads row ``idx[r]`` of its input instead of row r (the permutation is
   fused into the loads, no permuted copy of x is ever written);
 - *scatter*: a kernel writes its row r to row ``idx[r]`` of the output.
+
+The two GEMM kernels come in two forms: ``grouped_mm_kernel`` and ``grouped_weight_grad_kernel``
+are the plain ``@triton.jit`` functions (launch them with explicit blocks), and ``grouped_mm`` and
+``grouped_weight_grad`` wrap them in ``triton.autotune`` over the tiles of ``tuning.py``, keyed on
+the shapes (and Triton adds the dtypes). The host launches the autotuned forms; under the
+interpreter their pruning keeps one tile, so nothing is timed on a CPU.
 """
 
 import triton
 import triton.language as tl
+
+from minimoe.dispatch import tuning
 
 
 @triton.jit
@@ -112,15 +120,17 @@ def grouped_mm_kernel(
 
 @triton.jit
 def grouped_weight_grad_kernel(
-    a_ptr, a_idx_ptr, b_ptr, b2_ptr, b_idx_ptr,  # A: (rows, K), B, B2: (rows, N), optionally gathered
+    a_ptr, a2_ptr, a_idx_ptr, b_ptr, b2_ptr, b_idx_ptr,  # A: (rows, K) optionally gathered; B, B2: (rows, N)
     c_ptr, c2_ptr,  # (E, K, N): c[e] = A_e^T B_e, c2[e] = A_e^T B2_e
     expert_start_ptr, expert_end_ptr,  # (E,) each expert's sorted rows
     K, N,
     stride_am, stride_ak, stride_bm, stride_bn, stride_ce, stride_ck, stride_cn,
-    GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, DUAL: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, DUAL: tl.constexpr, A_SWIGLU: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # One program: expert e, a (BLOCK_K, BLOCK_N) block of its weight gradient, summed over its rows.
+    # A_SWIGLU: A is not stored; it is silu(g) * u, rebuilt here from g (a_ptr) and u (a2_ptr), rounded
+    # to their dtype exactly as the forward rounded it (the forward does not keep act for backward).
     e = tl.program_id(0)
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -141,8 +151,13 @@ def grouped_weight_grad_kernel(
             bsrc = tl.load(b_idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
         else:
             bsrc = rows.to(tl.int64)
-        a = tl.load(a_ptr + asrc[:, None] * stride_am + ks[None, :] * stride_ak,
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)  # (BM, BK)
+        a_offs = asrc[:, None] * stride_am + ks[None, :] * stride_ak
+        amask = rmask[:, None] & kmask[None, :]
+        a = tl.load(a_ptr + a_offs, mask=amask, other=0.0)  # (BM, BK)
+        if A_SWIGLU:  # act = silu(g) * u, in fp32, rounded to g's dtype like the forward's store
+            g = a.to(tl.float32)
+            u = tl.load(a2_ptr + a_offs, mask=amask, other=0.0).to(tl.float32)
+            a = (g * tl.sigmoid(g) * u).to(a_ptr.dtype.element_ty)
         b_offs = bsrc[:, None] * stride_bm + cols[None, :] * stride_bn
         bmask = rmask[:, None] & cmask[None, :]
         b = tl.load(b_ptr + b_offs, mask=bmask, other=0.0)  # (BM, BN)
@@ -156,6 +171,17 @@ def grouped_weight_grad_kernel(
     tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=omask)
     if DUAL:
         tl.store(c2_ptr + c_offs, acc2.to(c2_ptr.dtype.element_ty), mask=omask)
+
+
+# --- the autotuned forms the host launches (tuning.py: candidates, shared-memory pruning) -----------
+
+grouped_mm = triton.autotune(
+    configs=tuning.triton_configs(tuning.GEMM_CANDIDATES), key=["K", "N", "MODE"],
+    prune_configs_by={"early_config_prune": tuning.prune_gemm})(grouped_mm_kernel)
+
+grouped_weight_grad = triton.autotune(
+    configs=tuning.triton_configs(tuning.WEIGHT_GRAD_CANDIDATES), key=["K", "N", "DUAL", "A_SWIGLU"],
+    prune_configs_by={"early_config_prune": tuning.prune_weight_grad})(grouped_weight_grad_kernel)
 
 
 @triton.jit

@@ -66,7 +66,8 @@ def check_inputs(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Ten
         if t is not None and t.device != x.device:
             fail(name, f"device {t.device}", f"x's device {x.device}")
     if topk_idx.numel() and (x.device.type == "cpu" or DEBUG_CHECKS):
-        lo, hi = int(topk_idx.min()), int(topk_idx.max())
+        lo, hi = torch.aminmax(topk_idx)
+        lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= e:
             fail("topk_idx", f"ids from {lo} to {hi}", f"ids in [0, {e})")
     for name, t in (("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):

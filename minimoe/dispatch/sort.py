@@ -140,8 +140,7 @@ class _SortedExpertFFN(torch.autograd.Function):
         xs = x.index_select(0, token)  # (R, d) expert-contiguous rows
         g = grouped_mm(xs, w_gate, offsets, use_gmm)  # (R, h)
         u = grouped_mm(xs, w_up, offsets, use_gmm)  # (R, h)
-        silu_g = F.silu(g)  # (R, h), kept for backward: du = da * silu(g)
-        act = silu_g * u  # (R, h)
+        act = F.silu(g) * u  # (R, h)
         y = grouped_mm(act, w_down, offsets, use_gmm)  # (R, d)
         if valid is not None:
             y = torch.where(valid, y, 0.0)
@@ -150,13 +149,14 @@ class _SortedExpertFFN(torch.autograd.Function):
             ws = torch.where(valid[:, 0], ws, 0.0)
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, token, y.float() * ws[:, None])  # (N, d) fp32 combine
-        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid)
+        # act is not saved: backward rebuilds it from g and u (one elementwise pass instead of R·h bytes kept)
+        ctx.save_for_backward(x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid)
         ctx.use_gmm, ctx.k, ctx.weight_dtype = use_gmm, k, topk_weight.dtype
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, silu_g, y, valid = ctx.saved_tensors
+        x, token, order, offsets, ws, w_gate, w_up, w_down, g, u, y, valid = ctx.saved_tensors
         gmm = ctx.use_gmm
         n, k = x.shape[0], ctx.k
         dout_rows = dout.float().index_select(0, token)  # (R, d) each row's upstream gradient
@@ -169,7 +169,9 @@ class _SortedExpertFFN(torch.autograd.Function):
             dtopk = dtopk.view(n, k).to(ctx.weight_dtype)
         da = grouped_mm(dy, w_down.transpose(1, 2), offsets, gmm)  # (R, h)
         d_down = None
-        if ctx.needs_input_grad[5]:  # act recomputed from what was saved (a multiply; silu needs an exp)
+        silu_g = F.silu(g)  # (R, h): the forward's silu(g), bit for bit (same op, same dtype)
+        if ctx.needs_input_grad[5]:
+            # act is not saved: rebuilt from g and u (one multiply instead of R·h numbers kept)
             d_down = grouped_mm_weight_grad(silu_g * u, dy, offsets, gmm)  # (E, h, d)
         f = torch.promote_types(x.dtype, torch.float32)  # elementwise math in fp32 (fp64 stays fp64)
         gf, daf = g.to(f), da.to(f)
@@ -193,22 +195,31 @@ class _SortedExpertFFN(torch.autograd.Function):
 
 
 def expert_ffn_gathered(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,
-                        w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None
-                        ) -> torch.Tensor:
-    """Decoding's shortcut: gather each assignment's expert weights and run them as one batched matmul.
+                        w_up: torch.Tensor, w_down: torch.Tensor, token_mask: torch.Tensor | None = None,
+                        views: bool | None = None) -> torch.Tensor:
+    """Decoding's shortcut: run each of the R = N·k assignments through its expert directly.
 
-    With a handful of tokens (one per sequence when decoding) there is nothing to sort: copying the
-    R = N·k chosen experts' weights, (R, d, h) each, and one ``bmm`` per matrix beats a grouped matmul
-    over E mostly empty groups. Same function as ``expert_ffn_loop``; no autograd (inference only).
+    With a handful of tokens (one per sequence when decoding) there is nothing to sort, and a grouped
+    matmul over E mostly empty groups is all overhead. On a CPU each assignment multiplies by views of
+    its expert's weights (no copy; reading its ids is free there). On a GPU the R experts' weights are
+    gathered, (R, d, h) each, into one batched matmul, so the host never reads an id. Same function
+    as ``expert_ffn_loop``; no autograd (inference only). ``views``: force one way (None: by device).
     """
     n, k = topk_idx.shape
     ids = topk_idx.reshape(-1)  # (R,)
-    xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
-    act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
-    y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
     w = topk_weight.reshape(-1, 1).float()  # (R, 1)
     if token_mask is not None:
         w = w * token_mask.repeat_interleave(k)[:, None]  # PAD: weight 0
+    if views if views is not None else x.device.type == "cpu":
+        rows = []
+        for r, e in enumerate(ids.tolist()):
+            xr = x[r // k]  # (d,)
+            rows.append((F.silu(xr @ w_gate[e]) * (xr @ w_up[e])) @ w_down[e])  # (d,)
+        y = torch.stack(rows).float() if rows else x.new_zeros(0, x.shape[1], dtype=torch.float32)  # (R, d)
+    else:
+        xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
+        act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
+        y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
     return (y * w).view(n, k, -1).sum(dim=1).to(x.dtype)  # (N, d), summed in fp32
 
 

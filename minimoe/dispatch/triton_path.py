@@ -9,7 +9,7 @@ The interpreter computes bfloat16 wrongly, so on a CPU only float32 and float16 
 
 from __future__ import annotations
 
-import os
+import functools
 from types import ModuleType
 
 import torch
@@ -83,12 +83,37 @@ def supported(device: torch.device, dtype: torch.dtype) -> str | None:
     return f"Triton does not run on device type {device.type!r}"
 
 
-def _blocks(interpret: bool, dtype: torch.dtype) -> dict[str, int]:
-    if interpret:  # few, large programs: the interpreter's cost is per program
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, BLOCK_D=128)
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, BLOCK_D=256)
-    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, BLOCK_D=256)
+def _block_m(interpret: bool) -> int:
+    """Rows per tile of the grouped GEMM (the schedule is cut for it; the other blocks are autotuned)."""
+    from minimoe.dispatch.tuning import gemm_block_m
+
+    return gemm_block_m(interpret)
+
+
+class _FixedTile:
+    """``kernel[grid](...)`` with the tile's blocks added: how the interpreter launches the plain kernels."""
+
+    def __init__(self, kernel, tile):
+        self.kernel, self.blocks = kernel, tile.kwargs
+
+    def __getitem__(self, grid):
+        return functools.partial(self.kernel[grid], **self.blocks)
+
+
+def _gemms(mod: ModuleType, interpret: bool):
+    """(grouped GEMM, weight gradient) launchers: the autotuned kernels when compiled; under the
+    interpreter the plain kernels with the interpreter's one tile (nothing to time on a CPU)."""
+    if not interpret:
+        return mod.grouped_mm, mod.grouped_weight_grad
+    from minimoe.dispatch.tuning import INTERPRETER_GEMM, INTERPRETER_WEIGHT_GRAD
+
+    return (_FixedTile(mod.grouped_mm_kernel, INTERPRETER_GEMM),
+            _FixedTile(mod.grouped_weight_grad_kernel, INTERPRETER_WEIGHT_GRAD))
+
+
+def _block_d(interpret: bool) -> int:
+    """Columns per program of the combine kernels (memory-bound: a wide block, no tuning needed)."""
+    return 128 if interpret else 256
 
 
 def schedule(counts: torch.Tensor, offsets: torch.Tensor, block_m: int, n_rows: int):
@@ -118,8 +143,8 @@ class _TritonExpertFFN(torch.autograd.Function):
     def forward(ctx, x, topk_idx, topk_weight, w_gate, w_up, w_down, token_mask):
         interpret = x.device.type != "cuda"
         mod = kernels()
-        blk = _blocks(interpret, x.dtype)
-        bm, bn, bk, bd = blk["BLOCK_M"], blk["BLOCK_N"], blk["BLOCK_K"], blk["BLOCK_D"]
+        gemm, _ = _gemms(mod, interpret)
+        bm, bd = _block_m(interpret), _block_d(interpret)
         n, k = topk_idx.shape
         d, h, n_experts = x.shape[1], w_gate.shape[2], w_gate.shape[0]
         rows = n * k
@@ -133,7 +158,7 @@ class _TritonExpertFFN(torch.autograd.Function):
         if token_mask is not None:
             w_flat = w_flat * token_mask.repeat_interleave(k).to(w_flat.dtype)  # a masked token's rows weigh 0
         store_gu = any(ctx.needs_input_grad)
-        act = torch.empty(rows, h, dtype=x.dtype, device=x.device)  # (R, h) sorted
+        act = torch.empty(rows, h, dtype=x.dtype, device=x.device)  # (R, h) sorted; not kept for backward
         g = torch.empty_like(act) if store_gu else act
         u = torch.empty_like(act) if store_gu else act
         # (R, d) in (token, slot) order; zeroed when some rows are masked, since no kernel writes those
@@ -141,36 +166,35 @@ class _TritonExpertFFN(torch.autograd.Function):
         out = torch.empty(n, d, dtype=x.dtype, device=x.device)
         if rows:
             # act = silu(x[token] @ Wg[e]) * (x[token] @ Wu[e]): the gather fused into the loads
-            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(h, bn))](
+            gemm[lambda meta: (n_tiles, triton_cdiv(h, meta["BLOCK_N"]))](
                 x, x, token, w_gate, w_up, act, act, g, u, order, *tiles, d, h,
                 x.stride(0), x.stride(1), *w_gate.stride(), *w_up.stride(), act.stride(0), act.stride(1),
-                MODE=1, GATHER_A=True, SCATTER_C=False, STORE_GU=store_gu, IEEE=ieee,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+                MODE=1, GATHER_A=True, SCATTER_C=False, STORE_GU=store_gu, IEEE=ieee, BLOCK_M=bm)
             # y = act @ Wd[e], each row written back to its (token, slot) place
-            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(d, bn))](
+            gemm[lambda meta: (n_tiles, triton_cdiv(d, meta["BLOCK_N"]))](
                 act, act, order, w_down, w_down, y, y, y, y, order, *tiles, h, d,
                 act.stride(0), act.stride(1), *w_down.stride(), *w_down.stride(), y.stride(0), y.stride(1),
-                MODE=0, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+                MODE=0, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee, BLOCK_M=bm)
         if n:
             # out[n] = sum_j w[n, j] * y[n, j]: the gate weighting fused into the combine
             mod.combine_kernel[(n, triton_cdiv(d, bd))](
                 y, w_flat, out, k, d, y.stride(0), y.stride(1), out.stride(0), out.stride(1),
                 HAS_W=True, BLOCK_D=bd)
+        # act is not saved: the backward rebuilds it from g and u inside the weight-gradient kernel
         ctx.save_for_backward(x, w_flat, w_gate, w_up, w_down, order, token, offsets - counts, offsets,
-                              *tiles, g, u, act, y)
+                              *tiles, g, u, y)
         ctx.k, ctx.weight_dtype = k, topk_weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (x, w_flat, w_gate, w_up, w_down, order, token, starts, ends, t_exp, t_start, t_end,
-         g, u, act, y) = ctx.saved_tensors
+         g, u, y) = ctx.saved_tensors
         tiles = (t_exp, t_start, t_end)
         interpret = x.device.type != "cuda"
         mod = kernels()
-        blk = _blocks(interpret, x.dtype)
-        bm, bn, bk, bd = blk["BLOCK_M"], blk["BLOCK_N"], blk["BLOCK_K"], blk["BLOCK_D"]
+        gemm, wgrad = _gemms(mod, interpret)
+        bm, bd = _block_m(interpret), _block_d(interpret)
         k = ctx.k
         n, d = x.shape
         n_experts, _, h = w_gate.shape
@@ -184,7 +208,10 @@ class _TritonExpertFFN(torch.autograd.Function):
         dx = torch.zeros(n, d, dtype=x.dtype, device=x.device)
         # contiguous (not zeros_like, which keeps a transposed input's strides): d_gate and d_up share strides
         d_gate, d_up, d_down = (torch.zeros(w.shape, dtype=w.dtype, device=w.device) for w in (w_gate, w_up, w_down))
-        wgrad_grid = lambda kk, nn: (n_experts, triton_cdiv(kk, bk), triton_cdiv(nn, bn))  # noqa: E731
+
+        def wgrad_grid(kk: int, nn: int):
+            return lambda meta: (n_experts, triton_cdiv(kk, meta["BLOCK_K"]), triton_cdiv(nn, meta["BLOCK_N"]))
+
         if rows:
             # dy[n, j] = w[n, j] * dout[n];  d(gate weight)[n, j] = <dout[n], y[n, j]>
             mod.combine_backward_kernel[(n,)](
@@ -192,28 +219,26 @@ class _TritonExpertFFN(torch.autograd.Function):
                 BLOCK_D=bd)
             # d(act) = dy[order] @ Wd[e]^T, then through SwiGLU: dg, du (the gather fused again)
             wd_t = w_down.transpose(1, 2)  # (E, d, h), a view: only the strides change
-            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(h, bn))](
+            gemm[lambda meta: (n_tiles, triton_cdiv(h, meta["BLOCK_N"]))](
                 dy, dy, order, wd_t, wd_t, dg, du, g, u, order, *tiles, d, h,
                 dy.stride(0), dy.stride(1), *wd_t.stride(), *wd_t.stride(), dg.stride(0), dg.stride(1),
-                MODE=2, GATHER_A=True, SCATTER_C=False, STORE_GU=False, IEEE=ieee,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            # dWd[e] = act_e^T @ dy_e
-            mod.grouped_weight_grad_kernel[wgrad_grid(h, d)](
-                act, order, dy, dy, order, d_down, d_down, starts, ends, h, d,
-                act.stride(0), act.stride(1), dy.stride(0), dy.stride(1), *d_down.stride(),
-                GATHER_A=False, GATHER_B=True, DUAL=False, IEEE=ieee, BLOCK_K=bk, BLOCK_N=bn, BLOCK_M=bm)
+                MODE=2, GATHER_A=True, SCATTER_C=False, STORE_GU=False, IEEE=ieee, BLOCK_M=bm)
+            # dWd[e] = act_e^T @ dy_e, with act = silu(g) * u rebuilt from g and u as the rows are loaded
+            wgrad[wgrad_grid(h, d)](
+                g, u, order, dy, dy, order, d_down, d_down, starts, ends, h, d,
+                g.stride(0), g.stride(1), dy.stride(0), dy.stride(1), *d_down.stride(),
+                GATHER_A=False, GATHER_B=True, DUAL=False, A_SWIGLU=True, IEEE=ieee)
             # dWg[e] = x_e^T @ dg_e, dWu[e] = x_e^T @ du_e (one pass over the gathered x)
-            mod.grouped_weight_grad_kernel[wgrad_grid(d, h)](
-                x, token, dg, du, order, d_gate, d_up, starts, ends, d, h,
+            wgrad[wgrad_grid(d, h)](
+                x, x, token, dg, du, order, d_gate, d_up, starts, ends, d, h,
                 x.stride(0), x.stride(1), dg.stride(0), dg.stride(1), *d_gate.stride(),
-                GATHER_A=True, GATHER_B=False, DUAL=True, IEEE=ieee, BLOCK_K=bk, BLOCK_N=bn, BLOCK_M=bm)
+                GATHER_A=True, GATHER_B=False, DUAL=True, A_SWIGLU=False, IEEE=ieee)
             # dx rows = dg @ Wg[e]^T + du @ Wu[e]^T, scattered to (token, slot) order ...
             wg_t, wu_t = w_gate.transpose(1, 2), w_up.transpose(1, 2)  # (E, h, d)
-            mod.grouped_mm_kernel[(n_tiles, triton_cdiv(d, bn))](
+            gemm[lambda meta: (n_tiles, triton_cdiv(d, meta["BLOCK_N"]))](
                 dg, du, order, wg_t, wu_t, dx_rows, dx_rows, dx_rows, dx_rows, order, *tiles, h, d,
                 dg.stride(0), dg.stride(1), *wg_t.stride(), *wu_t.stride(), dx_rows.stride(0), dx_rows.stride(1),
-                MODE=3, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+                MODE=3, GATHER_A=False, SCATTER_C=True, STORE_GU=False, IEEE=ieee, BLOCK_M=bm)
             # ... and summed over each token's k slots (no atomics)
             mod.combine_kernel[(n, triton_cdiv(d, bd))](
                 dx_rows, dw, dx, k, d, dx_rows.stride(0), dx_rows.stride(1), dx.stride(0), dx.stride(1),

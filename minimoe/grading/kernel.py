@@ -12,7 +12,8 @@ temporary folder as its working directory. Whatever a cell does, the session car
 
 ``call()`` then runs one of the student's functions on inputs sent as a ``torch.save`` file and
 reads the answer back with ``torch.load(weights_only=True)``: only tensors, numbers, strings and
-containers of them cross back into the grader.
+containers of them cross back into the grader. ``kind="ranks"`` runs it on gloo ranks forked from
+the kernel (``minimoe.parallel.call_on_ranks``), inside the kernel's limits and process group.
 """
 
 from __future__ import annotations
@@ -85,10 +86,18 @@ def __minimoe_call__(path_in, path_out, name, kind):
         try:
             payload = torch.load(path_in, weights_only=True)
             obj = namespace[name]
-            if kind == "call":
+            if kind in ("call", "ranks"):
                 if not callable(obj):
                     raise TypeError(f"`{{name}}` is a {{type(obj).__name__}}, not a function")
+            if kind == "call":
                 value = obj(*payload["args"], **payload["kwargs"])
+            elif kind == "ranks":  # on forked gloo ranks: world, args per rank, driver
+                from minimoe.parallel import RANK_TIMEOUT_S, call_on_ranks
+                value = call_on_ranks(obj, *payload["args"], timeout_s=RANK_TIMEOUT_S)
+            elif kind == "launch":
+                from minimoe.grading.student import launch_kernel
+                meta = dict(payload["kwargs"])
+                value = launch_kernel(obj, meta.pop("__grid__"), payload["args"], meta)
             else:
                 value = obj
             try:
@@ -305,3 +314,8 @@ class RemoteStudent:
 
     def value(self, name: str) -> Any:
         return self.session.call(name, kind="value")
+
+    def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list:
+        return self.session.call(name, world, list(args_per_rank), driver, kind="ranks")
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
+        return self.session.call(name, *args, kind="launch", __grid__=tuple(grid), **meta)

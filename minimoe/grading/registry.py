@@ -18,11 +18,22 @@ import torch
 
 
 class Student(Protocol):
-    """How a check reaches the student's code. Results are plain tensors, numbers and containers."""
+    """How a check reaches the student's code. Results are plain tensors, numbers and containers.
+
+    ``call_on_ranks`` runs the student's function on ``world`` CPU processes joined by gloo
+    (``minimoe.parallel.call_on_ranks``: forked from wherever the function lives, the notebook's
+    kernel in ``minimoe grade``), rank r with ``args_per_rank[r]``; it returns every rank's result.
+    ``launch`` runs a student's ``@triton.jit`` kernel itself, on the check's grid and arguments,
+    and returns every argument after the launch (the tensors the kernel wrote into): the check
+    exercises the kernel, not a Python wrapper the student could write around it.
+    """
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def value(self, name: str) -> Any: ...
+
+    def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list: ...
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list: ...
 
 
 class StudentError(Exception):

@@ -32,6 +32,27 @@ def plain(value: Any, what: str = "the result") -> Any:
         ) from None
 
 
+def launch_kernel(kernel: Any, grid: Any, args: list | tuple, meta: dict) -> list:
+    """Launch ``kernel[grid](*args, **meta)`` and return the arguments afterwards.
+
+    ``kernel`` must be a Triton kernel (``@triton.jit``: compiled, or interpreted on a CPU), not a
+    Python function. Where the kernel is compiled and CUDA exists, tensor arguments go to the GPU
+    and come back; the returned list holds each argument (tensors on the CPU) in order.
+    """
+    kind = type(kernel).__name__
+    if kind not in ("JITFunction", "InterpretedFunction") or not type(kernel).__module__.startswith("triton"):
+        raise TypeError(f"it is a {kind}, not a Triton kernel: decorate it with @triton.jit")
+    if not isinstance(grid, (tuple, list)) or not 1 <= len(grid) <= 3 or not all(
+            isinstance(g, int) and g >= 0 for g in grid):
+        raise ValueError(f"grid: got {grid!r}, need 1 to 3 ints >= 0")
+    import torch
+
+    device = "cuda" if kind == "JITFunction" and torch.cuda.is_available() else "cpu"
+    moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    kernel[tuple(grid)](*moved, **meta)
+    return [a.cpu() if isinstance(a, torch.Tensor) else a for a in moved]
+
+
 class LocalStudent:
     """Calls functions defined in a namespace: the notebook's own, for instant feedback."""
 
@@ -58,3 +79,28 @@ class LocalStudent:
 
     def value(self, name: str) -> Any:
         return plain(self._lookup(name), f"`{name}`")
+
+    def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list:
+        from minimoe.parallel import RANK_TIMEOUT_S, DistributedError, call_on_ranks
+
+        fn = self._lookup(name)
+        if not callable(fn):
+            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
+        args_per_rank = copy.deepcopy(args_per_rank)
+        try:
+            out = call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S)
+        except NotImplementedError:
+            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+        except (DistributedError, RuntimeError) as e:
+            raise StudentError(f"`{name}` on {world} ranks: {e}") from None
+        return plain(out, f"what `{name}` returned on {world} ranks")
+    def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
+        kernel = self._lookup(name)
+        args, meta = copy.deepcopy((args, meta))
+        try:
+            out = launch_kernel(kernel, grid, args, meta)
+        except NotImplementedError:
+            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+        except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
+            raise StudentError(f"`{name}` raised {type(e).__name__}: {e}"[:500]) from None
+        return plain(out, f"what `{name}` wrote")

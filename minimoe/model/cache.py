@@ -31,6 +31,7 @@ class KVCache:
         self.v = [torch.zeros(*shape, v_dim, dtype=dtype, device=device) for _ in range(n_layers)] if v_dim else []
         self.max_len = max_len
         self.length = 0
+        self._rope: tuple | None = None  # ((dim, theta), (cos, sin)) for every position, made on first use
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -48,6 +49,19 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+    def rope(self, dim: int, theta: float, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's cos and sin for positions ``start .. start+n-1``, (n, dim/2) each: computed once for
+        every position the cache can hold, then sliced, so a decoding step computes no angles."""
+        if start + n > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; this step needs {start + n}")
+        if self._rope is None or self._rope[0] != (dim, theta):
+            from minimoe.model.layers import rope_angles
+
+            positions = torch.arange(self.max_len, device=self.k[0].device)
+            self._rope = ((dim, theta), rope_angles(positions, dim, theta))
+        cos, sin = self._rope[1]
+        return cos[start:start + n], sin[start:start + n]
 
     @property
     def nbytes(self) -> int:

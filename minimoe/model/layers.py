@@ -40,9 +40,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate the pairs (x[..., i], x[..., i + dim/2]) of x: (B, H, T, dim) by the angles (T, dim/2)
     (or (B, 1, T, dim/2): one set of positions per row)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()  # (B, H, T, dim/2) each
+    xf = x if x.dtype == torch.float32 else x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]  # (B, H, T, dim/2) each
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -142,11 +142,14 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"tokens: {start + t} positions, the model was built for at most {self.cfg.max_seq_len}")
-        positions = sample_positions(segments, token_mask) if (segments is not None or token_mask is not None) \
-            else torch.arange(start, start + t, device=tokens.device)  # (B, T) or (T,)
-        cos, sin = rope_angles(positions, self.rope_dim, self.cfg.rope_theta)  # (T, rope_dim/2) or (B, T, ...)
-        if positions.dim() == 2:
+        if cache is not None:  # the cache keeps the angles of every position it can hold
+            cos, sin = cache.rope(self.rope_dim, self.cfg.rope_theta, start, t)  # (T, rope_dim/2)
+        elif segments is not None or token_mask is not None:
+            positions = sample_positions(segments, token_mask)  # (B, T): restarting at each sample
+            cos, sin = rope_angles(positions, self.rope_dim, self.cfg.rope_theta)  # (B, T, rope_dim/2)
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, rope_dim/2): broadcast over heads
+        else:
+            cos, sin = rope_angles(torch.arange(t, device=tokens.device), self.rope_dim, self.cfg.rope_theta)
         mask = attention_mask(segments, token_mask)  # (B, 1, T, T) or None (causal)
         x = self.embed(tokens)  # (B, T, d_model)
         aux_loss = x.new_zeros((), dtype=torch.float32)

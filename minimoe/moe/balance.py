@@ -20,6 +20,11 @@ more. Three remedies and one stability loss, each a small function (N tokens, E 
 
 Every function takes an optional ``token_mask`` (N,) bool: positions marked False (PAD) count in
 no load, no mean and no loss, so padding a batch changes none of these numbers.
+
+Under expert parallelism each rank sees one share of the batch. A loss is not an average of the
+ranks' losses (a product of means is not a mean of products), so each loss also takes the whole
+batch's totals (``totals``, ``n_all``): it then returns this share's part of the whole batch's
+loss. The parts sum, over the shares, to the one-process loss, and so do their gradients.
 """
 
 from __future__ import annotations
@@ -64,31 +69,52 @@ def expert_counts(topk_idx: torch.Tensor, n_experts: int, keep: torch.Tensor | N
     return counts.scatter_add_(0, topk_idx.reshape(-1).long().clamp(0, n_experts - 1), w.reshape(-1))  # (E,)
 
 
-def switch_aux_loss(probs: torch.Tensor, topk_idx: torch.Tensor, token_mask: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+def switch_aux_loss(probs: torch.Tensor, topk_idx: torch.Tensor, token_mask: torch.Tensor | None = None,
+                    totals: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """E · Σ_i f_i · P_i. probs: (N, E) router probabilities; topk_idx: (N, k) -> scalar.
 
     f_i = (assignments to i) / (N·k), P_i = mean_n probs[n, i], both over real tokens only.
     Uniform routing gives exactly 1.
+
+    ``totals`` = (counts (E,), real tokens ()) of the whole batch when these N tokens are one share
+    of it: f comes from the whole batch's counts, P_i = Σ_{these n} probs[n, i] / (its real tokens),
+    and the result is this share's part of the whole batch's loss.
     """
     if probs.dim() != 2 or topk_idx.dim() != 2 or probs.shape[0] != topk_idx.shape[0]:
         raise ValueError(f"probs, topk_idx: got shapes {tuple(probs.shape)}, {tuple(topk_idx.shape)}, "
                          "need (tokens, experts) and (tokens, k)")
     n, e = probs.shape
     mask = check_token_mask(token_mask, n)
+    if totals is not None:
+        counts_all, n_all = totals
+        if tuple(counts_all.shape) != (e,):
+            raise ValueError(f"totals: got counts of shape {tuple(counts_all.shape)}, need ({e},)")
+        f = counts_all.float() / counts_all.float().sum().clamp_min(1)  # (E,) of the whole batch
+        m = torch.ones(n, device=probs.device) if mask is None else mask.float()
+        p = (probs.float() * m[:, None]).sum(dim=0) / n_all.float().clamp_min(1)  # (E,) this share's part of P
+        return e * (f * p).sum()
     counts = expert_counts(topk_idx, e, token_mask=mask)  # (E,)
     f = counts / counts.sum().clamp_min(1)  # (E,) sums to 1, no gradient
     p = masked_mean(probs.float(), mask)  # (E,) sums to 1, differentiable
     return e * (f * p).sum()
 
 
-def z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """mean_n logsumexp(logits[n])² over real tokens. logits: (N, E) -> scalar."""
-    return masked_mean(logits.float().logsumexp(dim=-1).pow(2), check_token_mask(token_mask, logits.shape[0]))
+def z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None,
+           n_all: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_n logsumexp(logits[n])² over real tokens. logits: (N, E) -> scalar.
+
+    ``n_all``: the whole batch's real tokens when these are one share of it (the sum over this
+    share, divided by ``n_all``)."""
+    mask = check_token_mask(token_mask, logits.shape[0])
+    z = logits.float().logsumexp(dim=-1).pow(2)  # (N,)
+    if n_all is not None:
+        return (z if mask is None else z * mask).sum() / n_all.float().clamp_min(1)
+    return masked_mean(z, mask)
 
 
 def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_sequences: int,
-                          token_mask: torch.Tensor | None = None) -> torch.Tensor:
+                          token_mask: torch.Tensor | None = None, n_all: torch.Tensor | None = None
+                          ) -> torch.Tensor:
     """DeepSeek-V3 eq. 17-20, averaged over sequences (the caller multiplies by α).
 
     scores: (B·T, E) affinities (V3: sigmoid; any non-negative scores work), tokens laid out sequence
@@ -96,6 +122,7 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_sequen
     (assignments to i), P_i = mean_t s_i,t / Σ_j s_j,t; loss = Σ_i f_i · P_i (1 under uniform
     routing). A sequence is a row of the batch (a packed row holds several samples, as V3's
     packed training sequences do); rows with no real token are left out of the average.
+    ``n_all``: the whole batch's rows with a real token, when these rows are one share of it.
     """
     nt, e = scores.shape
     if not isinstance(n_sequences, int) or n_sequences < 1 or nt % n_sequences:
@@ -109,7 +136,8 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_sequen
     onehot = torch.zeros(nt, e, device=scores.device).scatter_(1, topk_idx, 1.0) * m[:, None]  # (B·T, E)
     f = onehot.view(n_sequences, t, e).sum(dim=1) * e / (k * real.clamp_min(1)[:, None])  # (B, E)
     has = (real > 0).float()  # (B,)
-    return ((f * p).sum(dim=-1) * has).sum() / has.sum().clamp_min(1)
+    rows = has.sum() if n_all is None else n_all.float()
+    return ((f * p).sum(dim=-1) * has).sum() / rows.clamp_min(1)
 
 
 @torch.no_grad()

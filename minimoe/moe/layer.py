@@ -13,6 +13,8 @@ DeepSeek-V3's bias learns in ``after_optimizer_step``, which the trainer calls a
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -38,6 +40,10 @@ class MoELayer(nn.Module):
         self.experts = Experts(cfg.n_routed_experts, cfg.d_model, cfg.expert_hidden)
         self.shared = SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.expert_hidden) if cfg.n_shared_experts else None
         self._pending_counts: torch.Tensor | None = None  # tokens per expert since the last bias update
+        # None: this layer sees the whole batch. Under expert parallelism each rank sees one share of
+        # it, and this sums a tensor over the shares (an all-reduce): the balance losses then use the
+        # whole batch's counts, and each rank's loss is its part of the one-process loss.
+        self.sum_over_shares: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None,
                 stats: bool = True) -> tuple[torch.Tensor, dict]:
@@ -80,18 +86,26 @@ class MoELayer(nn.Module):
         n_assign = counts.sum()
         n_dropped = 0 if keep is None else n_assign - expert_counts(route.topk_idx, e, keep, mask).sum()
         aux: dict = load_stats(counts, route.probs.detach(), n_dropped, n_assign, mask)
-        balance = switch_aux_loss(route.probs, route.topk_idx, mask)
+        counts_all = n_all = rows_all = None
+        if self.sum_over_shares is not None and (cfg.aux_loss_coef or cfg.z_loss_coef or cfg.seq_aux_coef):
+            n_real = torch.full((), n, dtype=torch.float32, device=x.device) if mask is None else mask.sum().float()
+            rows = torch.full((), b, dtype=torch.float32, device=x.device) if mask is None else \
+                mask.view(b, t).any(dim=1).sum().float()
+            summed = self.sum_over_shares(torch.cat([counts, n_real[None], rows[None]]))  # one exchange: (E + 2,)
+            counts_all, n_all, rows_all = summed[:e], summed[e], summed[e + 1]
+        balance = switch_aux_loss(route.probs, route.topk_idx, mask,
+                                  None if counts_all is None else (counts_all, n_all))
         aux["balance_loss"] = balance.detach()
         loss = None
         if cfg.aux_loss_coef:
             loss = cfg.aux_loss_coef * balance
         if cfg.z_loss_coef:
-            z = z_loss(route.logits, mask)
+            z = z_loss(route.logits, mask, n_all)
             aux["z_loss"] = z.detach()
             loss = cfg.z_loss_coef * z if loss is None else loss + cfg.z_loss_coef * z
         if cfg.seq_aux_coef:
             scores = route.logits.sigmoid() if cfg.router == "sigmoid" else route.probs
-            seq = sequence_balance_loss(scores, route.topk_idx, b, mask)
+            seq = sequence_balance_loss(scores, route.topk_idx, b, mask, rows_all)
             aux["seq_balance_loss"] = seq.detach()
             loss = cfg.seq_aux_coef * seq if loss is None else loss + cfg.seq_aux_coef * seq
         if loss is not None:

@@ -21,6 +21,7 @@ Each router here follows its paper exactly (N tokens, E experts, k experts per t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +76,15 @@ def softmax_router(logits: torch.Tensor, k: int, renormalize: bool = False, bias
     """
     _check_logits(logits, k)
     probs = logits.float().softmax(dim=-1)  # (N, E)
-    select = probs if bias is None else probs + bias.float()
-    idx = _select(select, k, n_groups, topk_groups)  # (N, k)
-    weight = probs.gather(1, idx)  # (N, k)
+    if bias is None and not n_groups:  # choosing by the probabilities themselves: topk gives both
+        weight, idx = probs.topk(k, dim=-1)  # (N, k) each
+    else:
+        select = probs if bias is None else probs + bias.float()
+        idx = _select(select, k, n_groups, topk_groups)  # (N, k)
+        weight = probs.gather(1, idx)  # (N, k)
     if renormalize:
         weight = weight / weight.sum(dim=-1, keepdim=True)
-    return weight * scaling, idx
+    return (weight * scaling if scaling != 1 else weight), idx
 
 
 def mixtral_router(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,9 +128,15 @@ def router_probs(logits: torch.Tensor, kind: str) -> torch.Tensor:
 @dataclass
 class RouterOutput:
     logits: torch.Tensor  # (N, E) raw router logits, float32
-    probs: torch.Tensor  # (N, E) each token's distribution over experts (router_probs)
     topk_idx: torch.Tensor  # (N, k) chosen experts
     topk_weight: torch.Tensor  # (N, k) their gate weights
+    kind: str = "softmax"  # the router's rule, which decides ``probs``
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """(N, E) each token's distribution over experts (``router_probs``), computed when first read:
+        the balance losses and statistics read it, decoding does not."""
+        return router_probs(self.logits, self.kind)
 
 
 class Router(nn.Module):
@@ -156,4 +166,4 @@ class Router(nn.Module):
             weight, idx = sigmoid_router(logits, cfg.top_k, renormalize=cfg.router_renormalize, **kwargs)
         else:
             weight, idx = softmax_router(logits, cfg.top_k, renormalize=cfg.router_renormalize, **kwargs)
-        return RouterOutput(logits, router_probs(logits, cfg.router), idx, weight)
+        return RouterOutput(logits, idx, weight, cfg.router)

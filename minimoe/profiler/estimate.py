@@ -95,29 +95,57 @@ class MemoryEstimate:
         """Alive when the forward ends (gradients freed by zero_grad(set_to_none=True) before it)."""
         return self.parameters + self.optimizer + self.kv_cache + self.activations + self.logits
 
+    @property
+    def peak_lower(self) -> int:
+        """A lower bound on the step's peak: the larger of two moments the step must pass through.
+
+        - the forward's end (plus, with checkpointing, one block rebuilt): the activations are all held;
+        - the optimizer step: every gradient exists next to the weights and the optimizer state.
+
+        What it leaves out, so the real peak lies above it: backward's working tensors (the gradients
+        of the activations of the op being differentiated, the first parameter gradients) before the
+        activations they replace are freed, and the optimizer's temporaries. Both depend on the order
+        of the ops and on the optimizer's implementation (a per-tensor loop on a CPU, ``foreach``
+        over whole groups on a GPU), so they are measured, not predicted.
+        """
+        return max(self.forward_end + self.rebuilt, self.steady)
+
     def as_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
-def _block_activations(cfg: ModelConfig, b: int, t: int, a: int, ffn_layer: bool) -> int:
+def _block_activations(cfg: ModelConfig, b: int, t: int, a: int, ffn_layer: bool, mixed: bool = False) -> int:
     n, d = b * t, cfg.d_model
-    low = a != 4
-    norm = n * d * 4 + n * 4 + n * d * a + ((n * d * 4 + d * 4) if low else 0)
     hd = cfg.n_heads * cfg.dim_head
     attention = 5 * n * hd * a + b * cfg.n_heads * t * 4
+    if mixed:  # autocast: the residual stream and the norms stay fp32; each matmul reads a-byte copies
+        kvd = cfg.kv_heads * cfg.dim_head
+        norm = n * d * 4 + n * 4  # the normalized input and 1/rms; the fp32 output is read only through copies
+        casts = 3 * n * d * a + (2 * d * hd + 2 * d * kvd) * a  # q, k, v's input copies; Wq, Wk, Wv, Wo's copies
+        residual = 2 * n * d * 4
+        if ffn_layer:  # gate, up, silu(gate), product; gate's and up's input copies; the three weights' copies
+            f = cfg.dense_hidden
+            ffn = 4 * n * f * a + 2 * n * d * a + 3 * d * f * a
+        else:
+            ffn = _moe_activations(cfg, n, a) + n * d * a
+        return 2 * norm + casts + attention + residual + ffn
+    low = a != 4
+    norm = n * d * 4 + n * 4 + n * d * a + ((n * d * 4 + d * 4) if low else 0)
     residual = 0 if low else 2 * n * d * 4
-    if ffn_layer:
-        ffn = 4 * n * cfg.dense_hidden * a
-    else:  # MoE (rough): router logits and probabilities, shared SwiGLU, each assignment's SwiGLU and copies
-        h, k, e = cfg.expert_hidden, cfg.top_k, cfg.n_routed_experts
-        ffn = 2 * n * e * 4 + 4 * n * cfg.n_shared_experts * h * a + n * k * (4 * h + 2 * d) * a
+    ffn = 4 * n * cfg.dense_hidden * a if ffn_layer else _moe_activations(cfg, n, a)
     return 2 * norm + attention + residual + ffn
+
+
+def _moe_activations(cfg: ModelConfig, n: int, a: int) -> int:
+    """MoE (rough): router logits and probabilities, shared SwiGLU, each assignment's SwiGLU and copies."""
+    h, k, e, d = cfg.expert_hidden, cfg.top_k, cfg.n_routed_experts, cfg.d_model
+    return 2 * n * e * 4 + 4 * n * cfg.n_shared_experts * h * a + n * k * (4 * h + 2 * d) * a
 
 
 def estimate_memory(config: ModelConfig | str | dict, batch: int, seq_len: int, optimizer: str | None = "adamw",
                     dtype: torch.dtype | str = torch.float32, checkpointing: bool = False, kv_cache: int = 0,
                     state_dtype: torch.dtype | str | None = None, training: bool = True,
-                    device: str = "cpu") -> MemoryEstimate:
+                    device: str = "cpu", autocast: torch.dtype | str | None = None) -> MemoryEstimate:
     """Bytes of each category for one training step (or, with ``training=False``, a forward pass).
 
     ``config``: a ModelConfig, a preset name or a dict of its fields; ``batch`` × ``seq_len`` tokens;
@@ -139,6 +167,10 @@ def estimate_memory(config: ModelConfig | str | dict, batch: int, seq_len: int, 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device: got {device!r}, need 'cpu' or 'cuda'")
     dtype = as_dtype(dtype)
+    compute = as_dtype(autocast, "autocast") if autocast is not None else None
+    if compute is not None and dtype != torch.float32:
+        raise ValueError(f"autocast: the weights are the fp32 master copy under autocast; got dtype {dtype}, "
+                         "need float32")
     state = as_dtype(state_dtype, "state_dtype") if state_dtype is not None else dtype
     a = dtype.itemsize
     n_params = count_params(cfg).total
@@ -149,21 +181,29 @@ def estimate_memory(config: ModelConfig | str | dict, batch: int, seq_len: int, 
         opt = 2 * n_params * state.itemsize + (4 * n_param_tensors(cfg) if device == "cpu" else 0)
     kv = 0
     if kv_cache:
-        kv = kv_cache * batch * cfg.n_layers * 2 * cfg.kv_heads * cfg.dim_head * a
-    b, t, d = batch, seq_len, cfg.d_model
+        kv = kv_cache * batch * cfg.n_layers * 2 * cfg.kv_heads * cfg.dim_head * (compute or dtype).itemsize
+    b, t, d, v = batch, seq_len, cfg.d_model, cfg.vocab_size
     n = b * t
-    low = a != 4
-    logits = n * cfg.vocab_size * a
+    mixed = compute is not None
+    c = compute.itemsize if mixed else a  # the bytes of a number the matmuls compute with
+    low = not mixed and a != 4  # pure 16-bit training: the residual stream is 16-bit too
+    logits = n * v * c
     acts = rebuilt = 0
+    rope = 2 * t * (cfg.dim_head // 2) * 4  # cos and sin, fp32
     if training:
-        blocks = [_block_activations(cfg, b, t, a, not (cfg.is_moe and i >= cfg.n_dense_layers))
+        blocks = [_block_activations(cfg, b, t, c, not (cfg.is_moe and i >= cfg.n_dense_layers), mixed)
                   for i in range(cfg.n_layers)]
-        final_norm = n * d * 4 + n * 4 + n * d * a + ((n * d * 4 + d * 4) if low else 0)
-        tail = final_norm + n * cfg.vocab_size * 4 + 4 + 2 * t * (cfg.dim_head // 2) * 4  # + log-softmax, nll, cos/sin
+        if mixed:  # the final norm as in a block; the head's input copy and weight copy
+            final_norm = n * d * 4 + n * 4 + n * d * c + d * v * c
+        else:
+            final_norm = n * d * 4 + n * 4 + n * d * a + ((n * d * 4 + d * 4) if low else 0)
+        tail = final_norm + n * v * 4 + 4 + rope  # + log-softmax (fp32), nll
+        residual_bytes = 2 if low else 4
         if checkpointing:
-            # each block keeps its input; in fp32 the final norm also keeps the last block's output
-            acts = cfg.n_layers * n * d * a + (0 if low else n * d * 4) + tail
+            # each block keeps its input; with an fp32 residual stream the final norm also keeps the last block's output
+            acts = cfg.n_layers * n * d * residual_bytes + (0 if low else n * d * 4) + tail
             rebuilt = max(blocks)
         else:
             acts = sum(blocks) + (0 if low else n * d * 4) + tail  # + the embedding's output, read by block 0's norm
-    return MemoryEstimate(params, grads, opt, acts, kv, logits, rebuilt, not cfg.is_moe)
+    exact = not cfg.is_moe and (not mixed or cfg.attention in ("mha", "gqa"))
+    return MemoryEstimate(params, grads, opt, acts, kv, logits, rebuilt, exact)

@@ -78,9 +78,14 @@ class MemoryProfiler:
 
     ``model``, ``optimizer``, ``kv_cache``: what to label (any may be None). ``device``: 'cpu' or
     'cuda' (default: the model's). ``crosscheck=True`` also asks the allocator: on CPU it runs
-    ``torch.profiler`` with ``profile_memory=True`` (slower), on CUDA it reads
-    ``torch.cuda.max_memory_allocated``. ``cuda_history=True`` records CUDA allocation history
-    for ``export_cuda_snapshot``.
+    ``torch.profiler`` with ``profile_memory=True`` (slower), on CUDA it compares with the caching
+    allocator's statistics (``minimoe.profiler.crosscheck.cuda_crosscheck``). ``cuda_history=True``
+    records CUDA allocation history for ``cuda_snapshot`` and ``export_cuda_snapshot``.
+
+    The design follows PyTorch's own tools: ``torch.distributed._tools.MemTracker`` (a
+    ``TorchDispatchMode`` that counts storages by category and module) and CUDA's memory snapshot
+    (``torch.cuda.memory._record_memory_history`` / ``_snapshot``, viewed at
+    https://pytorch.org/memory_viz), which records every allocator event with its stack.
     """
 
     _active: "MemoryProfiler | None" = None
@@ -261,8 +266,8 @@ class MemoryProfiler:
                 torch.cuda.memory._record_memory_history(max_entries=100_000)
             if self.crosscheck_enabled:
                 torch.cuda.synchronize(self.device)
-                self._cuda_start = torch.cuda.memory_allocated(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
+                self._cuda_before = torch.cuda.memory_stats(self.device)
         elif self.crosscheck_enabled:
             from torch.profiler import ProfilerActivity, profile
 
@@ -273,17 +278,27 @@ class MemoryProfiler:
         if not self.crosscheck_enabled:
             return
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_start
-            source, tracked = "torch.cuda.max_memory_allocated", self.tracker.peak_blocks - self.baseline
-        else:
-            self._torch_profiler.__exit__(None, None, None)
-            from minimoe.profiler.crosscheck import profiler_peak
+            from minimoe.profiler.crosscheck import cuda_crosscheck, tracker_events
 
-            peak = profiler_peak(self._torch_profiler, self.device)
-            source, tracked = "torch.profiler memory events", self.peak_above_start
-        self.allocator = {"source": source, "allocator_peak": int(peak), "tracked_peak": int(tracked),
-                          "relative_difference": (tracked - peak) / peak if peak else 0.0}
+            torch.cuda.synchronize(self.device)
+            self.allocator = cuda_crosscheck(self._cuda_before, torch.cuda.memory_stats(self.device),
+                                             self.peak_above_start, tracker_events(self.tracker))
+            return
+        from minimoe.profiler.crosscheck import TOLERANCE, profiler_peak
+
+        self._torch_profiler.__exit__(None, None, None)
+        peak, tracked = profiler_peak(self._torch_profiler, self.device), self.peak_above_start
+        diff = (tracked - peak) / peak if peak else 0.0
+        self.allocator = {"source": "torch.profiler memory events", "allocator_peak": int(peak),
+                          "tracked_peak": int(tracked), "relative_difference": diff, "tolerance": TOLERANCE,
+                          "within_tolerance": abs(diff) <= TOLERANCE}
+
+    def cuda_snapshot(self) -> dict:
+        """The CUDA allocator's snapshot of this region (needs ``cuda_history=True``): segments and the event
+        trace; ``minimoe.profiler.crosscheck.snapshot_timeline`` turns it into bytes alive per event."""
+        if self.device.type != "cuda" or not self.cuda_history:
+            raise RuntimeError("cuda_snapshot: needs MemoryProfiler(device='cuda', cuda_history=True)")
+        return torch.cuda.memory._snapshot()
 
     def export_cuda_snapshot(self, path: str) -> str:
         """Write the CUDA allocator's snapshot (open it at https://pytorch.org/memory_viz). CUDA only."""

@@ -46,19 +46,25 @@ def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_
                           dtype: torch.dtype | str = torch.float32, checkpointing: bool = False,
                           optimizer: str | None = "adamw", state_dtype: torch.dtype | str | None = None,
                           device: str = "cpu", crosscheck: bool = False, seed: int = 0,
-                          backend: str | None = None) -> tuple[MemoryProfiler, MemoryEstimate]:
+                          backend: str | None = None,
+                          autocast: torch.dtype | str | None = None) -> tuple[MemoryProfiler, MemoryEstimate]:
     """Build the model, create the optimizer's state (one step on zero gradients), then profile a step.
 
     The profiled step is what training repeats: ``model(tokens, targets).loss.backward()`` and
     ``optimizer.step()``, gradients set to None before it. Returns ``(profiler, estimate)``.
-    ``backend``: the MoE dispatch backend (MoE configs only).
+    ``backend``: the MoE dispatch backend (MoE configs only). ``autocast``: mixed precision, the
+    forward under ``torch.autocast(device, autocast)`` while the weights (the master copy), their
+    gradients and AdamW's state stay in ``dtype`` (fp32): how models are trained in practice.
+    ``dtype="bfloat16"`` alone is pure bf16 training (weights, gradients and Adam in bf16).
     """
     from minimoe.model import build_model
 
     cfg = as_config(config)
     dtype = as_dtype(dtype)
     state = as_dtype(state_dtype, "state_dtype") if state_dtype is not None else None
-    est = estimate_memory(cfg, batch, seq_len, optimizer, dtype, checkpointing, state_dtype=state, device=device)
+    compute = as_dtype(autocast, "autocast") if autocast is not None else None
+    est = estimate_memory(cfg, batch, seq_len, optimizer, dtype, checkpointing, state_dtype=state, device=device,
+                          autocast=compute)
     model = build_model(cfg, seed=seed).to(device=device, dtype=dtype)
     if backend is not None:
         from minimoe.moe import set_dispatch_backend
@@ -71,7 +77,12 @@ def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_
     inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # (B, T) each
 
     def step() -> None:
-        model(inputs, targets=targets).loss.backward()
+        if compute is None:
+            loss = model(inputs, targets=targets).loss
+        else:
+            with torch.autocast(torch.device(device).type, dtype=compute):
+                loss = model(inputs, targets=targets).loss
+        loss.backward()
         if opt is not None:
             opt.step()
 
@@ -86,7 +97,8 @@ def profile_training_step(config: ModelConfig | str | dict, batch: int = 8, seq_
 def compare(prof: MemoryProfiler, est: MemoryEstimate) -> list[tuple[str, int, int]]:
     """(what, predicted, measured) rows: the steady categories at the end of the step, the
     activations when backward starts (and at their most, with checkpointing), and the peak against
-    what the forward's end holds (backward's working space comes on top of it)."""
+    its lower bound ``MemoryEstimate.peak_lower`` (backward's working tensors and the optimizer's
+    temporaries come on top of it)."""
     last, most = prof.at_exit(), prof.max_by_category()
     rows = [("parameters", est.parameters, last["parameters"]), ("gradients", est.gradients, last["gradients"]),
             ("optimizer", est.optimizer, last["optimizer"])]
@@ -95,7 +107,7 @@ def compare(prof: MemoryProfiler, est: MemoryEstimate) -> list[tuple[str, int, i
     rows.append(("activations", est.activations, prof.at_phase_end("forward")["activations"]))
     if est.rebuilt:  # checkpointing: one rebuilt block at most on top, an upper bound
         rows.append(("act. + rebuilt", est.activations + est.rebuilt, most["activations"]))
-    rows.append(("peak", est.forward_end + est.rebuilt, prof.peak))
+    rows.append(("peak (>=)", est.peak_lower, prof.peak))
     return rows
 
 

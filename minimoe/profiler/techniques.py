@@ -2,14 +2,17 @@
 
 - fp8 storage of weights: ``Fp8Linear`` keeps a Linear's weight as ``float8_e4m3fn`` (1 byte a
   number) with one fp32 scale per output row, and dequantizes it to the compute dtype for each
-  matmul. DeepSeek-V3 (arXiv 2412.19437, §3.3) stores and multiplies in fp8 with finer, 1×128 and
+  matmul. DeepSeek-V3 (arXiv 2412.19437, its "FP8 Training" section) stores and multiplies in fp8 with finer, 1×128 and
   128×128, scales; this is the storage half of that idea, in a form a CPU can run.
 - ``AdamWBF16``: AdamW whose two moments are stored in bfloat16 while the weights stay fp32, as
-  DeepSeek-V3 does (§3.3.2: "we adopt the BF16 data format instead of FP32 to track the first and
-  second moments in the AdamW optimizer"). The update itself is computed in fp32.
+  DeepSeek-V3 does (its report's "FP8 Training" section, paragraph "Low-Precision Optimizer
+  States": the first and second moments of AdamW are tracked in BF16 instead of FP32). The update
+  itself is computed in fp32.
 
-Activation checkpointing is a switch on the model (``Transformer.checkpointing = True``) and
-bf16 is ``model.to(torch.bfloat16)``: nothing to add here for those.
+Activation checkpointing is a switch on the model (``Transformer.checkpointing = True``); mixed
+precision is ``torch.autocast`` around the forward with the weights left in fp32
+(``profile_training_step(..., autocast="bfloat16")``); pure bf16 training is
+``model.to(torch.bfloat16)``: nothing to add here for those.
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ from torch.utils._pytree import tree_flatten
 
 from minimoe.profiler.categories import check_category, stronger
 
-CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of 512 bytes
-
 
 @dataclass
 class Record:
@@ -73,7 +71,6 @@ class StorageTracker(TorchDispatchMode):
                  on_new: Callable[[Record], None] = lambda rec: None):
         super().__init__()
         self.device = device
-        self.block = CUDA_BLOCK if device.type == "cuda" else 1
         self._phase, self._module, self._on_new = phase, module, on_new
         self.records: list[Record] = []
         self.live: dict[int, Record] = {}  # StorageImpl address -> record, while alive
@@ -82,16 +79,11 @@ class StorageTracker(TorchDispatchMode):
         self.ev_delta: list[int] = []
         self.ev_phase: list[str] = []
         self.ev_op: list[str] = []
-        self.total = 0  # exact bytes alive
-        self.total_blocks = 0  # bytes alive as the allocator counts them (rounded up on CUDA)
+        self.total = 0  # exact bytes alive (the allocator's blocks are larger: see crosscheck.block_bounds)
         self.peak, self.peak_event = 0, -1
-        self.peak_blocks = 0
         self.recording = True
 
     # --- bookkeeping ---------------------------------------------------------------------------
-    def _rounded(self, n: int) -> int:
-        return -(-n // self.block) * self.block
-
     def _event(self, rec: Record, delta: int, op: str, phase: str) -> None:
         self.ev_rid.append(rec.id)
         self.ev_delta.append(delta)
@@ -101,10 +93,6 @@ class StorageTracker(TorchDispatchMode):
         if self.total > self.peak:
             self.peak, self.peak_event = self.total, len(self.ev_rid) - 1
 
-    def _blocks(self, old: int, new: int) -> None:
-        self.total_blocks += self._rounded(new) - self._rounded(old)
-        self.peak_blocks = max(self.peak_blocks, self.total_blocks)
-
     def _new(self, storage: torch.UntypedStorage, op: str, phase: str, module: str, label: str | None) -> Record:
         rec = Record(len(self.records), storage.nbytes(), op, phase, module, label)
         key = storage._cdata
@@ -112,7 +100,6 @@ class StorageTracker(TorchDispatchMode):
         self.records.append(rec)
         self.live[key] = rec
         self._event(rec, rec.nbytes, op, phase)
-        self._blocks(0, rec.nbytes)
         return rec
 
     def _freed(self, key: int, rec: Record) -> None:
@@ -123,7 +110,6 @@ class StorageTracker(TorchDispatchMode):
         if self.live.get(key) is rec:
             del self.live[key]
         self._event(rec, -rec.nbytes, "(free)", phase)
-        self._blocks(rec.nbytes, 0)
 
     def record_of(self, t: torch.Tensor) -> Record | None:
         s = _storage(t)
@@ -171,7 +157,6 @@ class StorageTracker(TorchDispatchMode):
                 n = s.nbytes()
                 if n != rec.nbytes:
                     self._event(rec, n - rec.nbytes, str(func), self._phase())
-                    self._blocks(rec.nbytes, n)
                     rec.nbytes = n
                 continue
             if (key in inputs and not fresh_alias) or s.nbytes() == 0:

@@ -1,4 +1,5 @@
-"""Chapter 07's exercises: the bytes of training state, the activation peak, what checkpointing saves."""
+"""Chapter 07's exercises: the bytes of training state, the activation peak, what checkpointing saves, and
+the bytes per GPU once the state is sharded (ZeRO and expert parallelism)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from minimoe.config import ModelConfig
 from minimoe.grading.registry import Student, exercise, expect_equal
 from minimoe.profiler import estimate_memory
+from minimoe.profiler.sharding import MIXED, state_per_gpu
 
 state = exercise("07.training_bytes", "parameters, gradients and Adam state, to the byte",
                  functions=("training_bytes",))
@@ -156,3 +158,45 @@ def _ckpt_plain(student: Student, rng: torch.Generator) -> None:
                  "checkpointed, and the final norm still reads the last block's output")
 def _ckpt_on(student: Student, rng: torch.Generator) -> None:
     _expect_activations(student, rng, True)
+
+
+sharded = exercise("07.sharded_bytes", "bytes per GPU under ZeRO and expert parallelism", functions=("bytes_per_gpu",))
+
+
+def _expect_sharded(student: Student, dense: int, expert: int, world: int, zero: int, ep: int) -> None:
+    got = student.call("bytes_per_gpu", dense, expert, world, zero, ep)
+    if not isinstance(got, dict) or not {"weights", "gradients", "optimizer"} <= set(got):
+        raise AssertionError("bytes_per_gpu should return a dict with keys 'weights', 'gradients', 'optimizer'")
+    want = dict(zip(("weights", "gradients", "optimizer"),
+                    state_per_gpu(dense, expert // ep, world, zero, ep, MIXED)))  # each GPU holds expert / ep
+    for key in ("weights", "gradients", "optimizer"):
+        expect_equal(got[key], want[key], f"bytes_per_gpu({dense:,} dense, {expert:,} expert, world={world}, "
+                                          f"zero={zero}, ep={ep})[{key!r}]")
+
+
+@sharded.check("one GPU, and ZeRO-1", points=2,
+               hint="mixed precision keeps 4 bytes of fp32 weight, 4 of gradient and 8 of Adam moments per parameter; "
+                    "ZeRO-1 divides only the optimizer state among the world's GPUs")
+def _sharded_zero1(student: Student, rng: torch.Generator) -> None:
+    dense = _rand(rng, 1_000, 50_000)
+    _expect_sharded(student, dense, 0, 1, 0, 1)
+    _expect_sharded(student, dense, 0, 8, 1, 1)
+
+
+@sharded.check("ZeRO-2 and ZeRO-3, shards rounded up", points=2,
+               hint="ZeRO-2 shards the gradients too, ZeRO-3 the weights too; a shard of n numbers over g GPUs is "
+                    "ceil(n / g), the last one padded")
+def _sharded_zero23(student: Student, rng: torch.Generator) -> None:
+    dense = 8 * _rand(rng, 1_000, 50_000) + 3  # not a multiple of the world: the shard rounds up
+    for zero in (2, 3):
+        _expect_sharded(student, dense, 0, 8, zero, 1)
+
+
+@sharded.check("expert parallelism with ZeRO", points=2,
+               hint="each GPU holds 1/ep of the experts, all of the dense part; a dense parameter is sharded over "
+                    "all world GPUs, an expert parameter only over the world / ep GPUs that hold the same experts")
+def _sharded_ep(student: Student, rng: torch.Generator) -> None:
+    dense, expert = _rand(rng, 1_000, 20_000), 4 * _rand(rng, 10_000, 90_000) + 4 * 3  # divisible by ep
+    _expect_sharded(student, dense, expert, 4, 0, 4)
+    _expect_sharded(student, dense, expert, 8, 1, 2)
+    _expect_sharded(student, dense, expert, 8, 3, 4)

@@ -1,12 +1,24 @@
-"""Chapter 09's exercises: the send counts of an all-to-all; the local dispatch after receipt."""
+"""Chapter 09's exercises: the send counts of an all-to-all; the local dispatch after receipt; the
+differentiable all-to-all, run on real gloo processes.
+
+How the all-to-all is checked: a collective cannot be called in one process, and a function
+defined in a notebook cannot be imported by freshly spawned processes. So the student's function
+runs on ranks forked from wherever it lives (``Student.call_on_ranks``: the notebook itself under
+``check()``, the sandboxed kernel under ``minimoe grade``), each rank with inputs the check drew.
+Only the ranks' outputs and input gradients come back, as plain tensors. The verdict is reached
+here, against ``minimoe.parallel.exchange_reference``: the exchange computed in one process, which
+tests/test_parallel.py holds equal to the package's own all-to-all on gloo ranks. Moving rows
+changes no bit, so the comparison is exact in effect (fp32 tolerances, which a wrong row misses
+by far). A rank that fails or hangs ends the run within ``RANK_TIMEOUT_S`` and costs that check.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from minimoe.dispatch import expert_ffn
-from minimoe.grading.registry import Student, exercise, expect_close, expect_equal
-from minimoe.parallel import exchange_plan
+from minimoe.grading.registry import Student, exercise, expect_close, expect_equal, expect_tuple
+from minimoe.parallel import exchange_plan, exchange_reference
 
 
 def _int(rng: torch.Generator, lo: int, hi: int) -> int:
@@ -83,3 +95,62 @@ def _local_padding(student: Student, rng: torch.Generator) -> None:
         x, ids, w, ws = _received(rng, pad=True)
         expect_close(student.call("local_dispatch", x, ids, w, *ws), _reference(x, ids, w, ws),
                      f"local_dispatch with {int((ids < 0).sum())} padded slots and {x.shape[0]} rows")
+
+
+exchange = exercise("09.all_to_all", "the differentiable all-to-all", functions=("all_to_all",))
+
+
+def _exchange_case(rng: torch.Generator, world: int, row_shape: tuple[int, ...], empty_rank: int | None = None):
+    """Random splits (zeros included) and rows for ``world`` ranks: the arguments of each rank for
+    ``all_to_all(x, recv_splits, send_splits)`` plus a gradient, and the expected outputs and gradients."""
+    send = [[_int(rng, 0, 4) for _ in range(world)] for _ in range(world)]
+    send[0][world - 1] = 0  # one pair of ranks exchanges nothing
+    if empty_rank is not None:
+        send[empty_rank] = [0] * world  # a rank with nothing to send
+    recv = [[send[s][r] for s in range(world)] for r in range(world)]
+    xs = [torch.randn(sum(send[r]), *row_shape, generator=rng) for r in range(world)]
+    ys = exchange_reference(xs, send)
+    grads = [torch.randn(y.shape, generator=rng) for y in ys]
+    dxs = exchange_reference(grads, recv)
+    args = [(xs[r], recv[r], send[r], grads[r]) for r in range(world)]
+    return args, ys, dxs
+
+
+def _ranks(student: Student, world: int, args: list, driver: str) -> list:
+    out = student.call_on_ranks("all_to_all", world, args, driver)
+    return list(expect_tuple(out, world, f"all_to_all should give one result per rank ({world})"))
+
+
+def _expect_forward_backward(student: Student, args: list, ys: list, dxs: list) -> None:
+    """Run the student's all_to_all forward and backward on len(args) ranks; compare each rank's result and dL/dx."""
+    outs = _ranks(student, len(args), args, "forward_backward")
+    for r, (got, y, dx) in enumerate(zip(outs, ys, dxs)):
+        if not isinstance(got, dict) or "y" not in got or "dx" not in got:
+            raise AssertionError(f"rank {r} gave no result")
+        expect_close(got["y"], y, f"rank {r}'s result")
+        expect_close(got["dx"], dx, f"rank {r}'s gradient with respect to x")
+
+
+@exchange.check("forward: each rank receives the rows sent to it, in rank order", points=2,
+                hint="all_to_all_single(out, x, recv_splits, send_splits): out has sum(recv_splits) rows "
+                     "and the rows' other dimensions; recv comes before send in its arguments")
+def _a2a_forward(student: Student, rng: torch.Generator) -> None:
+    args, ys, _ = _exchange_case(rng, 2, (_int(rng, 1, 6),))
+    outs = _ranks(student, 2, [a[:3] for a in args], "call")
+    for r, (got, want) in enumerate(zip(outs, ys)):
+        expect_close(got, want, f"rank {r}'s result")
+
+
+@exchange.check("backward: each row's gradient goes back to the rank it came from", points=2,
+                hint="wrap the exchange in a torch.autograd.Function; its backward is the same exchange "
+                     "with the two split lists swapped, and returns None for the splits")
+def _a2a_backward(student: Student, rng: torch.Generator) -> None:
+    _expect_forward_backward(student, *_exchange_case(rng, 2, (_int(rng, 1, 6),)))
+
+
+@exchange.check("three ranks, a rank with nothing to send, rows of more than one dimension", points=1,
+                hint="size the output from recv_splits and x.shape[1:], not from x.shape[0]; a rank may "
+                     "send or receive no rows at all and must still take part in the exchange")
+def _a2a_edges(student: Student, rng: torch.Generator) -> None:
+    _expect_forward_backward(student, *_exchange_case(rng, 3, (_int(rng, 1, 3), _int(rng, 1, 3)),
+                                                      empty_rank=_int(rng, 0, 2)))
