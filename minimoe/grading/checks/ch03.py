@@ -153,8 +153,8 @@ def _sweep_initial(student: Student, rng: torch.Generator) -> None:
 
 
 @sweep.check("the final validation loss of every learning rate", points=2,
-             hint="train a fresh build_model(SMALL, seed=0) for each rate with exactly the TrainConfig given, on a "
-                  "fresh sweep_batches(), and read trainer.metrics[-1]['val_ce']")
+             hint="train a fresh build_model(SMALL, seed=0) for each rate with sweep_config(lr), on a fresh "
+                  "sweep_batches(), and read the 'val_ce' of the last record")
 def _sweep_final(student: Student, rng: torch.Generator) -> None:
     _, final = sweep_reference()
     for lr, value in _reported_losses(student).items():
