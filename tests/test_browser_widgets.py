@@ -176,6 +176,21 @@ def test_every_notebook_with_a_widget_is_checked_in_the_browser():
     assert not missing, f"{missing} show widgets that no browser check covers: add a check to CHECKS"
 
 
+def test_stored_notebooks_carry_the_state_of_the_widgets_they_show():
+    """GitHub and nbviewer draw a widget from metadata.widgets; without it they print `VBox(children=...)`."""
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        shown = {o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+                 for c in nb.cells for o in c.get("outputs", [])
+                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})}
+        if not shown:
+            continue
+        state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        missing = shown - set(state)
+        assert not missing, (f"{path.name}: {len(missing)} widget(s) shown without their state; "
+                             f"re-execute it with tools/execute_notebooks.py")
+
+
 # --- the browser and the server -----------------------------------------------------------------
 
 def _missing(reason: str) -> None:
