@@ -225,10 +225,16 @@ def serving_budget(cfg: ModelConfig | str, n_gpus: int, memory_per_gpu: float = 
 @dataclass(frozen=True)
 class GPU:
     name: str
-    bf16_flops: float  # dense peak, FLOP/s (fp16 where the chip has no bf16)
+    bf16_flops: float  # dense 16-bit peak, FLOP/s: bf16, or fp16 where the chip has no bf16 (see half)
     fp8_flops: float | None
     memory_gb: float
     note: str = ""
+    has_bf16: bool = True  # False: the 16-bit peak above is fp16's (a T4 has no bf16 units)
+
+    @property
+    def half(self) -> str:
+        """The 16-bit format ``bf16_flops`` is the peak of: ``"bf16"``, or ``"fp16"`` on a chip without bf16."""
+        return "bf16" if self.has_bf16 else "fp16"
 
 
 # Dense (no sparsity) tensor-core peaks from the vendors' datasheets.
@@ -238,7 +244,7 @@ GPUS: dict[str, GPU] = {
     "h200": GPU("H200 SXM", 989.4e12, 1978.9e12, 141),
     "a100": GPU("A100 SXM", 312e12, None, 80),
     "l4": GPU("L4", 121e12, 242e12, 24),
-    "t4": GPU("T4", 65e12, None, 16, "no bf16: fp16 tensor cores"),
+    "t4": GPU("T4", 65e12, None, 16, "no bf16: fp16 tensor cores", has_bf16=False),
     "b200": GPU("B200", 2250e12, 4500e12, 192),
 }
 
@@ -446,7 +452,7 @@ def format_cost(n_params: float, n_tokens: float, gpu_name: str = "h100", mfu: f
         raise ValueError(f"fp8: the {g.name} has no fp8 tensor cores")
     flops = training_flops(n_params, n_tokens)
     cost = training_cost(flops, peak, mfu, price_per_gpu_hour)
-    precision = "fp8" if fp8 else "bf16"
+    precision = "fp8" if fp8 else g.half
     lines = [
         f"model       {human(n_params)} parameters (activated per token), {human(n_tokens)} tokens "
         f"= {tokens_per_param(n_tokens, n_params):.4g} tokens per parameter (Chinchilla-optimal: about 20)",

@@ -375,7 +375,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress, desc="training",
+        # The bar counts the steps this call means to run: with stop_after, it ends full, not "interrupted".
+        last = self.cfg.steps if stop_after is None else max(self.step, min(self.cfg.steps, stop_after))
+        bar = tqdm(total=last, initial=self.step, disable=not self.progress, desc="training",
                    unit="step", dynamic_ncols=True)
         start, tokens = time.perf_counter(), 0
         try:

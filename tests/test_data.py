@@ -345,6 +345,15 @@ def test_evaluator_per_domain_and_difficulty():
     assert sum(r.n for r in rows.values()) == 900
     assert echo.accuracy("copy", 3) == 1.0
     assert "copy" in echo.table() and "100%" in echo.table()
+    with_counts = echo.table(counts=True).splitlines()
+    copy_row = next(line for line in with_counts if line.startswith("copy"))
+    n_copy = sum(r.n for r in rows.values() if r.domain == "copy")
+    assert f"100% of {n_copy}" in copy_row
+    assert f"{rows[('copy', 3)].n}/{rows[('copy', 3)].n}" in copy_row.split()
+    add = next(line for line in with_counts if line.startswith("add_cot")).split()
+    assert all(cell == "-" or cell.startswith("0/") for cell in add[4:])  # echo never adds up
+    with pytest.raises(TypeError, match="counts"):
+        echo.table(counts="yes")
 
 
 def test_evaluator_grades_final_answers_and_grammar():

@@ -123,3 +123,9 @@ def test_make_lab_has_no_linux_only_step(tmp_path):
     for req in reqs:
         if re.split(r"[\s;<>=!\[]", req, maxsplit=1)[0].lower() in ("triton", "nvidia-ml-py", "pynvml"):
             assert "platform_system == 'Linux'" in req, f"{req}: Linux-only, so it needs a platform marker"
+
+
+def test_ci_installs_chromium_and_requires_the_browser_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci
+    assert "MINIMOE_REQUIRE_BROWSER=1" in ci.split("make test")[0]

@@ -264,3 +264,8 @@ def test_serving_budget_puts_the_weights_in_memory_first():
         recipe.serving_budget(v3, 0)
     with pytest.raises(ValueError, match="weight_bytes"):
         recipe.serving_budget(v3, 8, weight_bytes=-1)
+
+
+def test_gpu_table_names_the_16_bit_format_of_its_peak():
+    assert recipe.gpu("t4").half == "fp16" and not recipe.gpu("t4").has_bf16  # a T4 has no bf16 units
+    assert {g.half for name, g in recipe.GPUS.items() if name != "t4"} == {"bf16"}

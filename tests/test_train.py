@@ -61,6 +61,23 @@ def test_resume_continues_bit_for_bit(tmp_path, data):
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
+def test_progress_bar_counts_the_steps_this_call_runs(data, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    trainer = Trainer(build_model(CFG), data, TrainConfig(steps=20, warmup=2, eval_every=20), progress=True)
+    trainer.fit(stop_after=5)  # the schedule is 20 steps long; this call runs 5, and its bar ends full
+    trainer.fit()  # the other 15
+    assert [(b.total, b.n) for b in bars] == [(5, 5), (20, 20)]
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, data):
     trainer = Trainer(build_model(CFG), data, TrainConfig(steps=8, warmup=1, checkpoint_every=2),
                       out_dir=tmp_path, progress=False)

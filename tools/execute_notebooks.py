@@ -1,7 +1,8 @@
 """Re-execute notebooks in place and store their outputs (``make notebooks``).
 
 Each notebook runs in a fresh kernel of this Python, with its own folder as the working directory,
-exactly as nbval will run it. A cell that raises stops the run (unless it is tagged
+exactly as nbval will run it. The state of the widgets it displays is stored with it, so that a
+rendering without a kernel (GitHub, nbviewer) shows the widgets themselves. A cell that raises stops the run (unless it is tagged
 ``raises-exception``) and the file is left as it was. The time each notebook took is printed, so
 the 60-second budget of DESIGN.md stays in view.
 """
@@ -33,7 +34,12 @@ def execute_in_place(path: Path, cell_timeout: int = 300) -> float:
     seconds = time.monotonic() - start
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
-    nb.metadata.pop("widgets", None)
+    # nbclient has stored the state of every widget the cells displayed (metadata.widgets, in the
+    # format of Jupyter's widget-state schema): GitHub and nbviewer draw the widgets from it, with the
+    # values they were built with, instead of printing `VBox(children=...)`.
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json")
+    if state is not None and not state.get("state"):
+        nb.metadata.pop("widgets")  # no widget was displayed: keep the file free of an empty record
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     tmp.replace(path)

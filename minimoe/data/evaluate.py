@@ -77,17 +77,30 @@ class EvalReport:
                            sum(len(g.completion) for g in gs) / len(gs)))
         return out
 
-    def table(self) -> str:
-        """Accuracy per domain (rows) and difficulty (columns), as text; ``-`` where nothing was asked."""
+    def table(self, counts: bool = False) -> str:
+        """Accuracy per domain (rows) and difficulty (columns), as text; ``-`` where nothing was asked.
+
+        ``counts=True`` shows each cell as ``correct/asked`` instead of a percentage, so that a
+        100% of 1 problem is not mistaken for a 100% of 50.
+        """
+        if not isinstance(counts, bool):
+            raise TypeError(f"counts: got {type(counts).__name__}, need a bool")
         rows = self.rows()
         levels = sorted({r.difficulty for r in rows})
-        acc = {(r.domain, r.difficulty): r.accuracy for r in rows}
-        width = max(len("domain"), *(len(d) for d in self.by_domain()))
-        head = f"{'domain':<{width}}  {'all':>5}  " + "  ".join(f"{k:>5}" for k in levels)
+        cell = {(r.domain, r.difficulty): (f"{r.correct}/{r.n}" if counts else f"{r.accuracy:.0%}") for r in rows}
+        overall = {d: f"{a:.0%}" for d, a in self.by_domain().items()}
+        if counts:
+            for d in overall:
+                chosen = self._select(d, None)
+                overall[d] += f" of {len(chosen)}"
+        width = max(len("domain"), *(len(d) for d in overall))
+        w_all = max(5, *(len(v) for v in overall.values()))
+        w_cell = max(5, *(len(v) for v in cell.values()))
+        head = f"{'domain':<{width}}  {'all':>{w_all}}  " + "  ".join(f"{k:>{w_cell}}" for k in levels)
         lines = [head]
-        for d, a in self.by_domain().items():
-            cells = "  ".join(f"{acc[(d, k)]:5.0%}" if (d, k) in acc else f"{'-':>5}" for k in levels)
-            lines.append(f"{d:<{width}}  {a:5.0%}  {cells}")
+        for d, a in overall.items():
+            cells = "  ".join(f"{cell.get((d, k), '-'):>{w_cell}}" for k in levels)
+            lines.append(f"{d:<{width}}  {a:>{w_all}}  {cells}")
         return "\n".join(lines)
 
 

@@ -120,3 +120,56 @@ def _mfu_v3(student: Student, rng: torch.Generator) -> None:
     peak = recipe.gpu("h800").bf16_flops
     want = recipe.implied_mfu(6 * n * 14.8e12, 2664e3, peak)
     expect_number(student.call("implied_mfu", n, 14.8e12, 2664e3, peak), want, "implied_mfu for DeepSeek-V3")
+
+
+moe = exercise(
+    "01.moe_params",
+    "an MoE block's total and activated parameters",
+    functions=("moe_block_params",),
+)
+
+
+def _moe_reference(d_model: int, n_heads: int, n_experts: int, n_shared: int, top_k: int, hidden: int
+                   ) -> tuple[int, int]:
+    """(total, activated) of one block, taken from recipe.count_params of a one-block model without its ends."""
+    cfg = ModelConfig(name="check", vocab_size=10, d_model=d_model, n_layers=1, n_heads=n_heads, ffn_hidden=0,
+                      n_routed_experts=n_experts, n_shared_experts=n_shared, top_k=top_k, expert_hidden=hidden,
+                      n_dense_layers=0)
+    c = recipe.count_params(cfg)
+    ends = c.embedding + c.output_head + d_model  # the tables and the final norm are not part of the block
+    return c.total - ends, c.activated - (d_model + c.output_head + d_model)  # one embedding row, head, final norm
+
+
+def _check_moe(student: Student, cases: list[tuple[int, int, int, int, int, int]]) -> None:
+    for args in cases:
+        got = expect_tuple(student.call("moe_block_params", *args), 2,
+                           "moe_block_params should return (total, activated)")
+        want = _moe_reference(*args)
+        what = ("moe_block_params(d_model={}, n_heads={}, n_experts={}, n_shared={}, top_k={}, expert_hidden={})"
+                .format(*args))
+        expect_equal(got[0], want[0], f"{what}: total")
+        expect_equal(got[1], want[1], f"{what}: activated")
+
+
+def _moe_case(rng: torch.Generator, n_shared: int) -> tuple[int, int, int, int, int, int]:
+    n_heads = _randint(rng, 1, 8)
+    d_model = n_heads * _randint(rng, 2, 32)
+    n_experts = _randint(rng, 2, 64)
+    return d_model, n_heads, n_experts, n_shared, _randint(rng, 1, n_experts), _randint(rng, 1, 2 * d_model)
+
+
+@moe.check("routed experts only", points=2,
+           hint="total: attention, two norms, the router (d_model x n_experts) and every expert's three matrices; "
+                "activated: the same with only top_k experts")
+def _moe_routed(student: Student, rng: torch.Generator) -> None:
+    _check_moe(student, [_moe_case(rng, 0) for _ in range(4)])
+
+
+@moe.check("shared experts, and every expert activated", points=1,
+           hint="a shared expert is a SwiGLU of expert_hidden that every token uses: it counts in total and in "
+                "activated; with top_k = n_experts, activated equals total")
+def _moe_shared(student: Student, rng: torch.Generator) -> None:
+    cases = [_moe_case(rng, _randint(rng, 1, 2)) for _ in range(3)]
+    d, h, e, s, _, hidden = _moe_case(rng, 1)
+    cases.append((d, h, e, s, e, hidden))
+    _check_moe(student, cases)

@@ -1,4 +1,4 @@
-"""Chapter 02's exercises: encode and decode text; write chain-of-thought addition; split by problem."""
+"""Chapter 02's exercises: byte-pair merges; write chain-of-thought addition; split by problem."""
 
 from __future__ import annotations
 
@@ -8,31 +8,20 @@ import torch
 
 from minimoe.data.arithmetic import add_cot_completion, parse_add_cot
 from minimoe.data.sample import ANSWER_MARK
-from minimoe.data.tokenizer import DEFAULT_CHARS, SPECIAL_GLYPHS
-from minimoe.grading.registry import Student, StudentError, exercise, expect_equal
+from minimoe.grading.registry import Student, exercise, expect_equal
 
-# --- 02.tokenizer ----------------------------------------------------------------------------------
+# --- 02.bpe ---------------------------------------------------------------------------------------
+# Byte-pair encoding (Sennrich et al., arXiv 1508.07909): count adjacent pairs, merge the commonest.
 
-tokenizer = exercise(
-    "02.tokenizer",
-    "encode text to token ids and decode them back",
-    functions=("encode", "decode"),
+bpe = exercise(
+    "02.bpe",
+    "byte-pair merges: the sub-word tokens of real tokenizers",
+    functions=("most_frequent_pair", "merge"),
 )
 
 
 def _pick(rng: torch.Generator, n: int) -> int:
     return int(torch.randint(0, n, (1,), generator=rng))
-
-
-def _vocab(rng: torch.Generator, size: int = 40) -> str:
-    """A random vocabulary: the special glyphs, then ``size`` printable characters in random order."""
-    chars = DEFAULT_CHARS[1:]  # printable ASCII
-    order = torch.randperm(len(chars), generator=rng)[:size].tolist()
-    return SPECIAL_GLYPHS + "".join(chars[i] for i in order)
-
-
-def _text(rng: torch.Generator, vocab: str, length: int) -> str:
-    return "".join(vocab[_pick(rng, len(vocab))] for _ in range(length))
 
 
 def _as_ints(got: object, what: str) -> list[int]:
@@ -43,58 +32,97 @@ def _as_ints(got: object, what: str) -> list[int]:
     return list(got)
 
 
-@tokenizer.check("encode gives each character its id", points=1,
-                 hint="a character's id is its position in `vocab`; build the lookup table once, not per character")
-def _encode(student: Student, rng: torch.Generator) -> None:
-    for length in (0, 1, 17, 200):
-        vocab = _vocab(rng)
-        text = _text(rng, vocab, length)
-        want = [vocab.index(ch) for ch in text]
-        got = _as_ints(student.call("encode", text, vocab), f"encode({text[:20]!r}..., vocab)")
-        if len(got) != len(want):
-            raise AssertionError(f"encode(a text of {len(text)} characters, vocab): expected {len(want)} ids, got {len(got)}")
-        for pos, (g, w) in enumerate(zip(got, want)):
-            if g != w:
-                raise AssertionError(f"encode(text, vocab): character {text[pos]!r} at position {pos} got id {g}, "
-                                     f"expected {w}")
+def _most_frequent_pair(ids: list[int]) -> tuple[int, int] | None:
+    """Reference: the commonest adjacent pair (every position counts), ties to the earliest first occurrence."""
+    counts = Counter(zip(ids, ids[1:]))  # Counter keeps first-seen order, and max() keeps the first of equals
+    return max(counts, key=counts.get) if counts else None
 
 
-@tokenizer.check("decode turns ids back into the same text", points=1,
-                 hint="the token with id i is vocab[i]; join the characters into one string")
-def _decode(student: Student, rng: torch.Generator) -> None:
-    for length in (0, 1, 23, 200):
-        vocab = _vocab(rng)
-        ids = [_pick(rng, len(vocab)) for _ in range(length)]
-        want = "".join(vocab[i] for i in ids)
-        got = student.call("decode", ids, vocab)
-        if not isinstance(got, str):
-            raise AssertionError(f"decode(ids, vocab): expected a str, got {type(got).__name__}")
-        expect_equal(got, want, f"decode({ids[:10]}..., vocab)")
-        text = _text(rng, vocab, length)
-        expect_equal(student.call("decode", student.call("encode", text, vocab), vocab), text,
-                     f"decode(encode({text!r}))")
-
-
-@tokenizer.check("a character outside the vocabulary is a ValueError that names it", points=1,
-                 hint="check each character before looking it up, and put the character itself in the message")
-def _unknown(student: Student, rng: torch.Generator) -> None:
-    vocab = _vocab(rng, size=30)
-    outside = "éß€ñ¿λ"  # never in an ASCII vocabulary, and never in an English error message by chance
-    for _ in range(3):
-        bad = outside[_pick(rng, len(outside))]
-        text = _text(rng, vocab, 5) + bad + _text(rng, vocab, 5)
-        try:
-            got = student.call("encode", text, vocab)
-        except StudentError as e:
-            message = str(e)
-            if "raised ValueError" not in message:
-                raise AssertionError(f"encode({text!r}, vocab) with {bad!r} outside vocab: expected a ValueError, "
-                                     f"got: {message}") from None
-            if bad not in message.split("raised ValueError", 1)[1]:
-                raise AssertionError(f"encode({text!r}, vocab): the ValueError does not name {bad!r}: {message}") from None
+def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
         else:
-            raise AssertionError(f"encode({text!r}, vocab) with {bad!r} outside vocab returned {got!r} "
-                                 "instead of raising ValueError")
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _pair(got: object, what: str) -> tuple[int, int] | None:
+    if got is None:
+        return None
+    ints = _as_ints(got, what)
+    if len(ints) != 2:
+        raise AssertionError(f"{what}: expected a pair (a, b), got {len(ints)} ids")
+    return tuple(ints)
+
+
+def _ids(rng: torch.Generator, n: int, alphabet: int) -> list[int]:
+    return torch.randint(0, alphabet, (n,), generator=rng).tolist()
+
+
+@bpe.check("most_frequent_pair counts every adjacent pair", points=1,
+           hint="count (ids[i], ids[i + 1]) for every i, overlapping ones too: [7, 7, 7] holds (7, 7) twice")
+def _pair_counts(student: Student, rng: torch.Generator) -> None:
+    cases = [[7, 7, 7, 1, 2, 1, 2, 7, 7]]  # (7, 7) three times, overlapping, (1, 2) twice
+    for _ in range(4):
+        ids = _ids(rng, 20 + _pick(rng, 200), 4 + _pick(rng, 6))
+        if _most_frequent_pair(ids) is not None:
+            cases.append(ids)
+    for ids in cases:
+        want = _most_frequent_pair(ids)
+        counts = Counter(zip(ids, ids[1:]))
+        got = _pair(student.call("most_frequent_pair", ids), f"most_frequent_pair({ids[:8]}...)")
+        if got is None or counts.get(got, 0) != counts[want]:
+            raise AssertionError(f"most_frequent_pair({ids[:12]}{'...' if len(ids) > 12 else ''}): got {got}, seen "
+                                 f"{counts.get(got, 0) if got else 0} times; the commonest pair is seen {counts[want]} times")
+
+
+@bpe.check("ties go to the pair seen first; fewer than two ids have no pair", points=1,
+           hint="among pairs seen equally often, return the one whose first occurrence comes earliest; "
+                "return None for [] and for a single id")
+def _pair_ties(student: Student, rng: torch.Generator) -> None:
+    a, b, c, d = torch.randperm(50, generator=rng)[:4].tolist()
+    for ids in ([a, b, c, d, c, d, a, b], [c, d, a, b, a, b, c, d], [a, b, c, d]):
+        expect_equal(_pair(student.call("most_frequent_pair", ids), "most_frequent_pair"), _most_frequent_pair(ids),
+                     f"most_frequent_pair({ids})")
+    for ids in ([], [a]):
+        expect_equal(student.call("most_frequent_pair", ids), None, f"most_frequent_pair({ids})")
+
+
+@bpe.check("merge replaces the pair left to right, without overlaps", points=1,
+           hint="walk left to right; where ids[i], ids[i + 1] is the pair, write new_id and skip both: "
+                "[7, 7, 7] with (7, 7) becomes [new_id, 7]")
+def _merges(student: Student, rng: torch.Generator) -> None:
+    cases = [([7, 7, 7], (7, 7)), ([7, 7, 7, 7], (7, 7)), ([1, 2, 3], (3, 1)), ([], (1, 2)), ([5], (5, 5))]
+    for _ in range(4):
+        ids = _ids(rng, 10 + _pick(rng, 100), 3 + _pick(rng, 4))
+        cases.append((ids, (ids[_pick(rng, len(ids) - 1)], ids[_pick(rng, len(ids))])))
+    for ids, pair in cases:
+        new_id = 100 + _pick(rng, 900)
+        got = _as_ints(student.call("merge", ids, pair, new_id), f"merge({ids[:8]}, {pair}, {new_id})")
+        expect_equal(got, _merge(ids, pair, new_id), f"merge({ids[:12]}{'...' if len(ids) > 12 else ''}, {pair}, {new_id})")
+
+
+@bpe.check("ten merges on real text", points=1,
+           hint="use your two functions in turn, ten times, each new token numbered one past the last; "
+                "the text gets shorter at every merge")
+def _train(student: Student, rng: torch.Generator) -> None:
+    from minimoe.data import Mixture, TOKENIZER
+
+    text = " ".join(s.prompt + " " + s.completion for s in Mixture({"grammar": 1}, seed=_pick(rng, 10_000)).sample(30))
+    theirs = mine = TOKENIZER.encode(text)
+    for step in range(10):
+        new_id = TOKENIZER.vocab_size + step
+        want_pair = _most_frequent_pair(mine)
+        got_pair = _pair(student.call("most_frequent_pair", theirs), f"merge {step + 1}: most_frequent_pair")
+        expect_equal(got_pair, want_pair, f"merge {step + 1} on a text of {len(mine)} tokens: the pair")
+        mine = _merge(mine, want_pair, new_id)
+        theirs = _as_ints(student.call("merge", theirs, got_pair, new_id), f"merge {step + 1}: merge")
+        if theirs != mine:
+            raise AssertionError(f"merge {step + 1}: the text has {len(theirs)} tokens, expected {len(mine)}")
 
 
 # --- 02.add_cot ------------------------------------------------------------------------------------
