@@ -9,13 +9,20 @@ notebook shows the same verdicts as ``minimoe grade``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import sys
 from typing import Any
 
 import torch
 
+from minimoe.grading.guard import Tripped, guarded
 from minimoe.grading.registry import StudentError
+
+
+def used_reference_message(name: str, hits: list[str]) -> str:
+    return (f"`{name}` called {', '.join(dict.fromkeys(hits))}: that is the package's own answer to this "
+            "exercise; write it yourself")
 
 
 def plain(value: Any, what: str = "the result") -> Any:
@@ -32,11 +39,35 @@ def plain(value: Any, what: str = "the result") -> Any:
         ) from None
 
 
+def _code_digest(code: Any, depth: int = 0) -> bytes:
+    """A digest of a code object that is the same in every process (no addresses, no file names)."""
+    h = hashlib.sha256(code.co_code + repr(code.co_names).encode() + repr(code.co_varnames).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            h.update(_code_digest(const, depth + 1) if depth < 20 else b"")
+        else:
+            h.update(repr(const).encode())
+    return h.digest()
+
+
 class LocalStudent:
     """Calls functions defined in a namespace: the notebook's own, for instant feedback."""
 
-    def __init__(self, namespace: dict[str, Any] | None = None):
+    def __init__(self, namespace: dict[str, Any] | None = None, protects: tuple[str, ...] = ()):
         self.namespace = namespace if namespace is not None else vars(sys.modules["__main__"])
+        self.protects = tuple(protects)
+
+    def for_check(self, ex: Any, chk: Any) -> "LocalStudent":
+        """The adapter for one check of ``ex``: its package references are guarded."""
+        return LocalStudent(self.namespace, ex.protects)
+
+    def fingerprint(self, names: tuple[str, ...]) -> bytes:
+        """A digest of the code of the functions ``names``: the seed key of ``check()``."""
+        h = hashlib.sha256()
+        for name in names:
+            code = getattr(self.namespace.get(name), "__code__", None)
+            h.update(name.encode() + b"\0" + (_code_digest(code) if code is not None else b""))
+        return h.digest()
 
     def _lookup(self, name: str) -> Any:
         if name not in self.namespace:
@@ -48,12 +79,21 @@ class LocalStudent:
         if not callable(fn):
             raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
         args, kwargs = copy.deepcopy((args, kwargs))
+        hits: list[str] = []
+        error = ""
         try:
-            out = fn(*args, **kwargs)
+            with guarded(self.protects) as hits:
+                out = fn(*args, **kwargs)
+        except Tripped:
+            pass
         except NotImplementedError:
-            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+            error = f"`{name}` is not written yet (it raises NotImplementedError)"
         except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
-            raise StudentError(f"`{name}` raised {type(e).__name__}: {e}") from None
+            error = f"`{name}` raised {type(e).__name__}: {e}"
+        if hits:
+            raise StudentError(used_reference_message(name, hits))
+        if error:
+            raise StudentError(error)
         return plain(out, f"what `{name}` returned")
 
     def value(self, name: str) -> Any:

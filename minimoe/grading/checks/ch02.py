@@ -17,6 +17,7 @@ tokenizer = exercise(
     "02.tokenizer",
     "encode text to token ids and decode them back",
     functions=("encode", "decode"),
+    protects=("minimoe.data.tokenizer.CharTokenizer.encode", "minimoe.data.tokenizer.CharTokenizer.decode"),
 )
 
 
@@ -103,6 +104,7 @@ add_cot = exercise(
     "02.add_cot",
     "chain-of-thought addition, digit by digit with carries",
     functions=("add_cot",),
+    protects=("minimoe.data.arithmetic.add_cot_completion",),
 )
 
 
@@ -174,6 +176,7 @@ split = exercise(
     "02.split",
     "a train / validation / test split with no problem in two splits",
     functions=("split_by_problem",),
+    protects=("minimoe.data.mixture.split_index", "minimoe.data.mixture.problem_hash"),
 )
 
 

@@ -10,7 +10,8 @@ from minimoe.config import ModelConfig
 from minimoe.grading.registry import Student, exercise, expect_close, expect_tuple
 from minimoe.model import apply_rope, build_model, causal_mask, rope_angles
 
-mask = exercise("03.causal_mask", "the causal mask", functions=("causal_mask",))
+mask = exercise("03.causal_mask", "the causal mask", functions=("causal_mask",),
+    protects=("minimoe.model.attention.causal_mask",))
 
 
 def _expect_mask(got, want: torch.Tensor, what: str) -> None:
@@ -40,7 +41,8 @@ def _mask_offset(student: Student, rng: torch.Generator) -> None:
                      f"causal_mask({q_len}, {k_len})")
 
 
-rope = exercise("03.rope", "rotary position embedding", functions=("apply_rope",))
+rope = exercise("03.rope", "rotary position embedding", functions=("apply_rope",),
+    protects=("minimoe.model.layers.apply_rope", "minimoe.model.layers.rope_angles"))
 
 
 def _rope_reference(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:

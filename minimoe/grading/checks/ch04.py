@@ -32,7 +32,8 @@ def _compare(got, want, n: int, k: int, what: str) -> None:
     expect_close(gw, ww, f"{what}: the gate weights")
 
 
-topk = exercise("04.topk_router", "a top-k softmax router", functions=("topk_router",))
+topk = exercise("04.topk_router", "a top-k softmax router", functions=("topk_router",),
+    protects=("minimoe.moe.router.softmax_router", "minimoe.moe.router.mixtral_router"))
 
 
 @topk.check("softmax, then the k largest", points=2,
@@ -66,7 +67,8 @@ def _topk_edges(student: Student, rng: torch.Generator) -> None:
     _compare(student.call("topk_router", big, 2, False), softmax_router(big, 2), 4, 2, "topk_router(logits near 100)")
 
 
-v3 = exercise("04.v3_gate", "DeepSeek-V3's gate: the bias chooses, the affinities weigh", functions=("v3_gate",))
+v3 = exercise("04.v3_gate", "DeepSeek-V3's gate: the bias chooses, the affinities weigh", functions=("v3_gate",),
+    protects=("minimoe.moe.router.sigmoid_router",))
 
 
 @v3.check("without a bias: sigmoid, top-k, normalize, scale", points=1,

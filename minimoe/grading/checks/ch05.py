@@ -24,7 +24,8 @@ def _routing(rng: torch.Generator, n: int, e: int, k: int, skew: float = 0.0):
     return probs, probs.topk(k, dim=-1).indices
 
 
-aux = exercise("05.aux_loss", "the Switch load-balancing loss", functions=("aux_loss",))
+aux = exercise("05.aux_loss", "the Switch load-balancing loss", functions=("aux_loss",),
+    protects=("minimoe.moe.balance.switch_aux_loss",))
 
 
 @aux.check("exactly 1 under uniform routing", points=1,
@@ -56,7 +57,8 @@ def _aux_topk(student: Student, rng: torch.Generator) -> None:
                  f"aux_loss (top-{k})")
 
 
-bias = exercise("05.bias_update", "DeepSeek-V3's aux-loss-free bias update", functions=("update_bias",))
+bias = exercise("05.bias_update", "DeepSeek-V3's aux-loss-free bias update", functions=("update_bias",),
+    protects=("minimoe.moe.balance.bias_update",))
 
 
 @bias.check("overloaded down, underloaded up", points=2,

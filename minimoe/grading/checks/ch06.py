@@ -9,7 +9,8 @@ from minimoe.grading.registry import Student, exercise, expect_close, expect_tup
 
 # --- 06.route: the permutation and the offsets -------------------------------------------------------
 
-perm = exercise("06.route", "the permutation and the offsets", functions=("permutation_and_offsets",))
+perm = exercise("06.route", "the permutation and the offsets", functions=("permutation_and_offsets",),
+    protects=("minimoe.dispatch.sort.route",))
 
 
 def _routing(rng: torch.Generator, n: int, e: int, k: int, routing: str = "random") -> torch.Tensor:
@@ -64,7 +65,7 @@ def _perm_edges(student: Student, rng: torch.Generator) -> None:
 
 # --- 06.combine: weight and add back -------------------------------------------------------------------
 
-comb = exercise("06.combine", "the combine", functions=("combine_rows",))
+comb = exercise("06.combine", "the combine", functions=("combine_rows",), protects=("minimoe.dispatch.sort.combine",))
 
 
 def _combine_case(rng: torch.Generator, n: int, e: int, k: int, d: int, dtype=torch.float32, routing="random"):
@@ -98,7 +99,8 @@ def _combine_edges(student: Student, rng: torch.Generator) -> None:
 
 # --- 06.gather_kernel: a Triton kernel ----------------------------------------------------------------
 
-gather = exercise("06.gather_kernel", "a Triton kernel for the gather", functions=("gather_rows",))
+gather = exercise("06.gather_kernel", "a Triton kernel for the gather", functions=("gather_rows",),
+    protects=("minimoe.dispatch.sort.permute",))
 
 
 def _need_triton() -> None:

@@ -11,7 +11,7 @@ from minimoe.grading.registry import Student, exercise, expect_equal
 from minimoe.profiler import estimate_memory
 
 state = exercise("07.training_bytes", "parameters, gradients and Adam state, to the byte",
-                 functions=("training_bytes",))
+                 functions=("training_bytes",), protects=("minimoe.profiler.estimate.estimate_memory", "minimoe.profiler.estimate.n_param_tensors"))
 
 
 def _rand(rng: torch.Generator, lo: int, hi: int) -> int:
@@ -131,7 +131,8 @@ def _peak_where(student: Student, rng: torch.Generator) -> None:
         expect_equal(tuple(got), _peak_reference(events), f"activation_peak({events if len(events) < 6 else '...'})")
 
 
-ckpt = exercise("07.checkpoint_saving", "predict what checkpointing saves", functions=("activation_bytes",))
+ckpt = exercise("07.checkpoint_saving", "predict what checkpointing saves", functions=("activation_bytes",),
+    protects=("minimoe.profiler.estimate.estimate_memory",))
 
 
 def _expect_activations(student: Student, rng: torch.Generator, checkpointing: bool) -> None:

@@ -13,7 +13,8 @@ def _int(rng: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
 
-counts = exercise("09.send_counts", "the send counts of an all-to-all", functions=("send_counts",))
+counts = exercise("09.send_counts", "the send counts of an all-to-all", functions=("send_counts",),
+    protects=("minimoe.parallel.exchange_plan",))
 
 
 def _routing(rng: torch.Generator, world: int, per_rank: int, k: int, n: int) -> torch.Tensor:
@@ -47,7 +48,8 @@ def _as_list(x):
     return x.tolist() if isinstance(x, torch.Tensor) else x
 
 
-local = exercise("09.local_dispatch", "the local dispatch after receipt", functions=("local_dispatch",))
+local = exercise("09.local_dispatch", "the local dispatch after receipt", functions=("local_dispatch",),
+    protects=("minimoe.dispatch.backends.expert_ffn", "minimoe.dispatch.reference.expert_ffn_loop", "minimoe.dispatch.reference.expert_ffn", "minimoe.dispatch.sort.expert_ffn_torch"))
 
 
 def _received(rng: torch.Generator, pad: bool):
