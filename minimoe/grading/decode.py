@@ -246,7 +246,8 @@ def decode_here(data: bytes, caps: Caps = Caps()) -> Any:
 
 # --- the helper process and its children ---------------------------------------------------------
 
-_HEADER = struct.Struct("!cQ")  # kind (b"d" data, b"o" ok, b"e" error), length
+_HEADER = struct.Struct("!cQ")  # kind (b"o" ok, b"e" error), length
+_JOB = struct.Struct("!Qd")  # length, timeout in seconds
 
 
 def _read_exact(fd: int, n: int, deadline: float | None = None) -> bytes:
@@ -307,10 +308,11 @@ def serve(memory_bytes: int, cpu_seconds: int, timeout: float) -> None:
     stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno()
     while True:
         try:
-            kind, length = _HEADER.unpack(_read_exact(stdin, _HEADER.size))
+            length, job_timeout = _JOB.unpack(_read_exact(stdin, _JOB.size))
             data = _read_exact(stdin, length)
         except EOFError:
             return
+        job_timeout = max(0.1, min(timeout, job_timeout))
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child
@@ -320,13 +322,13 @@ def serve(memory_bytes: int, cpu_seconds: int, timeout: float) -> None:
             finally:
                 os._exit(0)
         os.close(w)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + job_timeout
         try:
             kind, length = _HEADER.unpack(_read_exact(r, _HEADER.size, deadline))
             payload = _read_exact(r, length, deadline)
             reply = _HEADER.pack(kind, len(payload)) + payload
         except TimeoutError:
-            message = f"decoding the answer took more than {timeout:g} s".encode()
+            message = f"decoding the answer took more than {job_timeout:.3g} s".encode()
             reply = _HEADER.pack(b"e", len(message)) + message
         except (EOFError, struct.error):
             message = b"decoding the answer crashed the decoder"
@@ -344,7 +346,7 @@ def serve(memory_bytes: int, cpu_seconds: int, timeout: float) -> None:
 class AnswerDecoder:
     """The grader's side: a helper process, started on first use and again whenever it fails."""
 
-    def __init__(self, memory_bytes: int = 1 << 30, cpu_seconds: int = 20, timeout: float = 30.0):
+    def __init__(self, memory_bytes: int = 1 << 30, cpu_seconds: int = 10, timeout: float = 15.0):
         self.memory_bytes, self.cpu_seconds, self.timeout = memory_bytes, cpu_seconds, timeout
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -361,18 +363,24 @@ class AnswerDecoder:
                                           stdout=subprocess.PIPE, env=env, close_fds=True)
         return self._proc
 
-    def decode(self, data: bytes) -> Any:
-        """The plain value ``data`` holds, or DecodeError saying why it is refused."""
+    def decode(self, data: bytes, timeout: float | None = None) -> Any:
+        """The plain value ``data`` holds, or DecodeError saying why it is refused.
+
+        ``timeout`` (at most the decoder's own) bounds the child's work on this answer.
+        """
         import torch
 
+        timeout = self.timeout if timeout is None else min(self.timeout, timeout)
+        if timeout <= 0:
+            raise DecodeError("no time was left to decode the answer")
         with self._lock:
             proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                proc.stdin.write(_HEADER.pack(b"d", len(data)))
+                proc.stdin.write(_JOB.pack(len(data), timeout))
                 proc.stdin.write(data)
                 proc.stdin.flush()
-                deadline = time.monotonic() + self.timeout + 60  # the helper's own start, on first use
+                deadline = time.monotonic() + timeout + 60  # the helper's own start, on first use
                 kind, length = _HEADER.unpack(_read_exact(proc.stdout.fileno(), _HEADER.size, deadline))
                 payload = _read_exact(proc.stdout.fileno(), length, deadline)
             except (OSError, EOFError, TimeoutError, struct.error):

@@ -298,7 +298,7 @@ class KernelSession:
                             os.write(self._log_fd, chunk[:room])
                         except OSError:
                             pass
-                    elif room == 0 or self.log_bytes == cap:
+                    if len(chunk) > room:
                         self._note(f"the kernel wrote more than {self.limits.log_mb:g} MB to its raw stdout/stderr; "
                                    "the rest was dropped")
                     self.log_bytes = min(cap + 1, self.log_bytes + len(chunk))
@@ -332,10 +332,14 @@ class KernelSession:
         self._context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self._context.setsockopt(zmq.RCVHWM, 64)
         self._context.setsockopt(zmq.LINGER, 0)
+        self._context.setsockopt(zmq.SNDTIMEO, 10_000)  # a send never blocks the grader for long
         client = BlockingKernelClient(connection_file=connection, context=self._context)
         client.load_connection_file()
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         self.client = client
+        # A message over MAX_MESSAGE makes ZMQ drop it and the connection: these monitors tell.
+        self._monitors = {name: getattr(client, f"{name}_channel").socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                          for name in ("iopub", "shell")}
         self._reading_output = self.output_bytes <= self.limits.output_mb * 2**20
         msg_id = client.kernel_info()
         end = time.monotonic() + min(self.limits.startup_timeout, max(self.deadline.remaining(), 0.1))
@@ -381,6 +385,12 @@ class KernelSession:
                 client.stop_channels()
             except Exception:  # noqa: BLE001 - the sockets go with the context below
                 pass
+        for monitor in getattr(self, "_monitors", {}).values():
+            try:
+                monitor.close(linger=0)
+            except zmq.ZMQError:
+                pass
+        self._monitors = {}
         context, self._context = self._context, None
         if context is not None:
             context.destroy(linger=0)
@@ -406,13 +416,41 @@ class KernelSession:
 
     # --- running code --------------------------------------------------------------------------
 
+    def _dropped(self, channel: str) -> bool:
+        """Whether ZMQ dropped a message (too large) on ``channel`` since the last look."""
+        monitor = getattr(self, "_monitors", {}).get(channel)
+        dropped = False
+        try:
+            while monitor is not None and monitor.poll(0):
+                monitor.recv_multipart()
+                dropped = True
+        except zmq.ZMQError:
+            pass
+        return dropped
+
+    def _over_output_cap(self) -> None:
+        self._note(f"the notebook printed more than {self.limits.output_mb:g} MB; the rest was not read")
+        client = self.client
+        if client is not None:
+            try:
+                client.iopub_channel.socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+            except zmq.ZMQError:
+                pass
+        self._reading_output = False
+
     def _drain_output(self) -> None:
         """Count what the kernel printed; past the cap, stop reading it."""
         client = self.client
         if client is None or not self._reading_output:
             return
+        if self._dropped("iopub"):
+            self.output_bytes += MAX_MESSAGE
+            self._note(f"the notebook printed more than {MAX_MESSAGE >> 20} MB at once; that output was dropped")
         channel = client.iopub_channel
         cap = self.limits.output_mb * 2**20
+        if self.output_bytes > cap:
+            self._over_output_cap()
+            return
         for _ in range(1000):
             try:
                 if not channel.msg_ready():
@@ -428,18 +466,14 @@ class KernelSession:
             elif msg.get("msg_type") in ("display_data", "execute_result", "update_display_data"):
                 self.output_bytes += sum(len(str(v)) for v in content.get("data", {}).values())
             if self.output_bytes > cap:
-                self._note(f"the notebook printed more than {self.limits.output_mb:g} MB; the rest was not read")
-                try:
-                    channel.socket.setsockopt(zmq.UNSUBSCRIBE, b"")
-                except zmq.ZMQError:
-                    pass
-                self._reading_output = False
+                self._over_output_cap()
                 return
 
     def _execute(self, source: str, timeout: float) -> tuple[str, str]:
         """Run ``source``; return (status, detail). Never raises for what the code does.
 
-        Status: "ok", "error" (detail "Name: message"), "timeout", "died", or "deadline".
+        Status: "ok", "error" (detail "Name: message"), "timeout", "died", "lost" (the kernel cannot be
+        reached any more: a message over the size cap broke the channel), or "deadline".
         """
         client = self.client
         if client is None or self.proc is None:
@@ -447,7 +481,10 @@ class KernelSession:
         timeout = min(timeout, self.deadline.remaining())
         if timeout <= 0:
             return "deadline", self.deadline.message()
-        msg_id = client.execute(source, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
+        try:
+            msg_id = client.execute(source, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
+        except zmq.ZMQError:
+            return "lost", "the grader could no longer reach the kernel"
         end = time.monotonic() + timeout
         while True:
             self._drain_output()
@@ -463,6 +500,8 @@ class KernelSession:
             try:
                 reply = client.get_shell_msg(timeout=min(0.1, left))
             except queue.Empty:
+                if self._dropped("shell"):
+                    return "lost", f"the cell's reply was larger than {MAX_MESSAGE >> 20} MB and was dropped"
                 continue
             except Exception:  # noqa: BLE001 - a reply that does not parse: the kernel is not well
                 return "died", "the kernel sent a reply that could not be read"
@@ -499,7 +538,7 @@ class KernelSession:
                 if status == "deadline":
                     self.close_kernel()
                     raise StudentError(self.deadline.message())
-                if status in ("timeout", "died") or detail.startswith("MemoryError"):
+                if status in ("timeout", "died", "lost") or detail.startswith("MemoryError"):
                     run.status, run.detail = "error", f"failed when run again after a restart ({detail})"
                     break
             else:
@@ -522,8 +561,8 @@ class KernelSession:
                 self.runs.append(CellRun(index, "skipped", detail))
                 gave_up = detail
                 continue
-            self.runs.append(CellRun(index, status, detail))
-            if status in ("timeout", "died") or (status == "error" and detail.startswith("MemoryError")):
+            self.runs.append(CellRun(index, "error" if status == "lost" else status, detail))
+            if status in ("timeout", "died", "lost") or (status == "error" and detail.startswith("MemoryError")):
                 try:
                     self._restart()
                 except StudentError as e:
@@ -572,8 +611,9 @@ class KernelSession:
             status, detail = self._execute(source, timeout)
             if status == "deadline":
                 raise StudentError(self.deadline.message())
-            if status in ("timeout", "died"):
-                what = f"ran past its {timeout:g} s limit" if status == "timeout" else "killed the kernel"
+            if status in ("timeout", "died", "lost"):
+                what = {"timeout": f"ran past its {timeout:g} s limit", "died": "killed the kernel",
+                        "lost": "cut the grader off from the kernel"}[status]
                 self.broken[name] = what
                 self._restart()
                 raise StudentError(f"`{name}` {what}")
@@ -587,7 +627,7 @@ class KernelSession:
             self._unlink(name_in)
             self._unlink(name_out)
         try:
-            result = shared_decoder().decode(data)
+            result = shared_decoder().decode(data, timeout=self.deadline.remaining())
         except DecodeError as e:
             raise StudentError(f"what `{name}` returned could not be read: {e}") from None
         if not isinstance(result, dict) or not isinstance(result.get("status"), str):

@@ -291,7 +291,7 @@ class Sandbox:
     enabled: bool = True
     uid: int | None = None
     cgroup: Cgroup | None = None
-    _notes: list[str] = field(default_factory=list)
+    as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -299,7 +299,7 @@ class Sandbox:
         reason = probe()
         if reason:
             raise SandboxUnavailable(reason)
-        if os.geteuid() == 0:
+        if self.as_root:
             self.uid = secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
             os.chown(self.io, self.uid, self.uid)
         os.chmod(self.io, 0o700)
@@ -346,7 +346,7 @@ class Sandbox:
         args = [bwrap, "--die-with-parent", "--new-session",
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--hostname", "sandbox"]
-        if os.geteuid() == 0:
+        if self.as_root:
             # Root builds the box, then the limit step drops to self.uid: keep only what that needs.
             args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                      "--cap-add", "CAP_CHOWN"]
