@@ -108,3 +108,11 @@ def test_deleted_cells_cost_only_what_they_defined(tmp_path):
 def test_reordered_cells_still_define_everything(tmp_path):
     points, _ = grade(make(tmp_path, "reordered", lambda nb: nb.cells.reverse()))
     assert points == FULL
+
+
+def test_a_regrade_gives_the_same_verdicts_and_messages(tmp_path):
+    # Wrong only in its values: the messages quote differences measured on the random inputs.
+    path = make(tmp_path, "sigmoid", replace_cell("def stable_softmax", "def stable_softmax(x, dim=-1):\n    return x.sigmoid()"))
+    first, second = grade(path)[1], grade(path)[1]
+    assert [(o.name, o.points, o.message) for o in first.outcomes] == [(o.name, o.points, o.message) for o in second.outcomes]
+    assert "max |difference|" in messages(first, "00.softmax")

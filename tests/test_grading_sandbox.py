@@ -135,7 +135,9 @@ def test_memory_is_capped_for_all_processes_together(tmp_path):
     code = ("import subprocess, sys\n"
             "child = 'import time; b = bytearray(600 << 20); b[::4096] = b\"x\" * len(b[::4096]); print(\"held\", flush=True); time.sleep(20)'\n"
             "procs = [subprocess.Popen([sys.executable, '-c', child], stdout=subprocess.PIPE, text=True) for _ in range(3)]\n"
-            "print(sum(p.stdout.readline().startswith('held') for p in procs))")
+            "said = [p.stdout.readline().startswith('held') for p in procs]\n"
+            "import time; time.sleep(1)\n"
+            "print(sum(s and p.poll() is None for s, p in zip(said, procs)))  # holding it at the same time")
     try:
         proc = run_in(box, [sys.executable, "-c", code], timeout=300)
     finally:

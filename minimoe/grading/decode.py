@@ -41,7 +41,15 @@ MAX_STRING = 16 << 20
 
 
 class DecodeError(Exception):
-    """An answer file that is not plain data within the limits."""
+    """An answer file that is not plain data within the limits.
+
+    ``costly``: decoding it ran out of time or memory, or crashed the child (a function that
+    answers like this is not asked again).
+    """
+
+    def __init__(self, message: str, costly: bool = False):
+        super().__init__(message)
+        self.costly = costly
 
 
 def read_answer(dir_fd: int, name: str, max_bytes: int = MAX_BYTES) -> bytes:
@@ -385,9 +393,11 @@ class AnswerDecoder:
                 payload = _read_exact(proc.stdout.fileno(), length, deadline)
             except (OSError, EOFError, TimeoutError, struct.error):
                 self.close()
-                raise DecodeError("the answer could not be decoded (the decoder stopped)") from None
+                raise DecodeError("the answer could not be decoded (the decoder stopped)", costly=True) from None
         if kind == b"e":
-            raise DecodeError(payload.decode(errors="replace"))
+            message = payload.decode(errors="replace")
+            raise DecodeError(message, costly=message.startswith(("decoding the answer took", "decoding the answer crashed",
+                                                                 "decoding the answer needed")))
         return torch.load(io.BytesIO(payload), weights_only=True)
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ SOURCE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="${MINIMOE_AUTOGRADER_ROOT:-/autograder}"
 PYTHON="${MINIMOE_AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
 mkdir -p "$ROOT/results"
+cd "$SOURCE"
 exec "$PYTHON" -m minimoe.grading.gradescope run --root "$ROOT" --config "$SOURCE/minimoe-assignment.json"
 """
 
@@ -129,6 +130,7 @@ def find_submission(folder: Path) -> Path | None:
 def run(root: Path, config_path: Path) -> int:
     """Grade ``root/submission``'s notebook; write ``root/results/results.json``."""
     config = json.loads(config_path.read_text())
+    print(f"minimoe {minimoe.__version__} from {package_dir()}, chapter {config['chapter']}")
     limits = Limits(timeout=config["timeout"], cell_timeout=config["cell_timeout"], memory_gb=config["memory_gb"])
     results = root / "results"
     results.mkdir(parents=True, exist_ok=True)

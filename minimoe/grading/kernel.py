@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,6 +312,7 @@ class KernelSession:
         """Start a kernel in a fresh sandbox and wait until it answers."""
         if self.deadline.passed:
             raise StudentError(self.deadline.message())
+        self._clear_io()  # whatever an earlier kernel left there (it is dead: nothing needs it)
         n = self.starts
         self.starts += 1
         connection = str(self.io / f"kernel-{n}.json")
@@ -361,7 +363,17 @@ class KernelSession:
                 break
         self._drain_output()
 
-    def log_tail(self, n: int = 600) -> str:
+    def _clear_io(self) -> None:
+        for entry in os.scandir(self._io_fd):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(self.io / entry.name, ignore_errors=True)
+                else:
+                    os.unlink(entry.name, dir_fd=self._io_fd)
+            except OSError:
+                pass
+
+    def log_tail(self, n: int = 300) -> str:
         """The end of kernel.log (for the instructor, when a kernel will not start)."""
         try:
             with open(self.folder / "kernel.log", "rb") as f:
@@ -627,8 +639,10 @@ class KernelSession:
             self._unlink(name_in)
             self._unlink(name_out)
         try:
-            result = shared_decoder().decode(data, timeout=self.deadline.remaining())
+            result = shared_decoder().decode(data, timeout=min(timeout, self.deadline.remaining()))
         except DecodeError as e:
+            if e.costly:
+                self.broken[name] = "returned an answer that could not be decoded"
             raise StudentError(f"what `{name}` returned could not be read: {e}") from None
         if not isinstance(result, dict) or not isinstance(result.get("status"), str):
             raise StudentError(f"what `{name}` returned could not be read")

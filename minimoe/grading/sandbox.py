@@ -128,10 +128,12 @@ class Cgroup:
 
     dirs: list[Path]
     version: int
+    why_not: str = ""  # why the last create() made none
 
     @classmethod
     def create(cls, memory_bytes: int, processes: int) -> "Cgroup | None":
         """A new cgroup with these limits under the grader's own, or None where none can be made."""
+        cls.why_not = "no writable cgroup with memory and pids controllers"
         own, mounts = _own_cgroups(), _cgroup_mounts()
         name = f"minimoe-{os.getpid()}-{secrets.token_hex(4)}"
         if "" in mounts and "" in own:
@@ -147,6 +149,7 @@ class Cgroup:
                         made._write("memory.max", str(memory_bytes))
                         made._write("memory.swap.max", "0", optional=True)
                         made._write("pids.max", str(processes))
+                        cls.why_not = ""
                         return made
                     except OSError:
                         made.remove()
@@ -159,8 +162,10 @@ class Cgroup:
                     made._write("memory.limit_in_bytes", str(memory_bytes))
                     made._write("memory.memsw.limit_in_bytes", str(memory_bytes), optional=True)
                     made._write("pids.max", str(processes))
+                    cls.why_not = ""
                     return made
-                except OSError:
+                except OSError as e:
+                    cls.why_not = f"cgroup v1: {e}"
                     made.remove()
         return None
 
@@ -171,7 +176,8 @@ class Cgroup:
             for d in dirs:
                 d.mkdir()
                 made.append(d)
-        except OSError:
+        except OSError as e:
+            cls.why_not = f"cgroup v{version}: {e}"
             for d in made:
                 try:
                     d.rmdir()
@@ -304,13 +310,14 @@ class Sandbox:
             os.chown(self.io, self.uid, self.uid)
         os.chmod(self.io, 0o700)
         self.cgroup = Cgroup.create(self.memory_bytes, self.processes)
+        self._limits = ("a cgroup for memory and processes" if self.cgroup else
+                        f"per-process memory and process limits (no cgroup: {Cgroup.why_not})")
 
     def describe(self) -> str:
         if not self.enabled:
             return "none (--no-sandbox): the kernel ran as the grader's user, with the grader's files in reach"
         who = f"uid {self.uid}" if self.uid is not None else "an unprivileged user namespace"
-        limits = "a cgroup for memory and processes" if self.cgroup else "per-process memory and process limits"
-        return f"bubblewrap: {who}, own PID/network/IPC namespaces, read-only system and package, {limits}"
+        return f"bubblewrap: {who}, own PID/network/IPC namespaces, read-only system and package, {self._limits}"
 
     def _env(self, home: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
@@ -366,16 +373,16 @@ class Sandbox:
                 out += ["--perms", "0755", "--dir", d]
             return out
 
+        size = str(self.scratch_bytes)
+        # The private /tmp first: a bind below /tmp (a package or venv there) then lands on top of it.
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
         for path in SYSTEM_PATHS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]
         for path in binds:
             args += [*parents(path), "--ro-bind", path, path]
-        size = str(self.scratch_bytes)
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-        made[:] = [d for d in made if not (d == "/tmp" or d.startswith("/tmp/"))]
         args += [*parents(HOME), "--perms", "0700", "--size", size, "--tmpfs", HOME,
                  *parents(str(self.io)), "--bind", str(self.io), str(self.io),
                  "--chdir", HOME]
