@@ -116,3 +116,15 @@ def test_a_regrade_gives_the_same_verdicts_and_messages(tmp_path):
     first, second = grade(path)[1], grade(path)[1]
     assert [(o.name, o.points, o.message) for o in first.outcomes] == [(o.name, o.points, o.message) for o in second.outcomes]
     assert "max |difference|" in messages(first, "00.softmax")
+
+
+def test_no_sandbox_is_an_explicit_choice_that_every_report_records(tmp_path):
+    out = tmp_path / "graded"
+    proc = subprocess.run([sys.executable, "-m", "minimoe.cli", "grade", str(SOLUTION), str(EXERCISE), "--chapter", "00",
+                           "--out", str(out), "--no-sandbox"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "--no-sandbox" in proc.stderr and "NOT SANDBOXED" in proc.stdout
+    report = json.loads((out / "solutions__00_setup_and_tour" / "results.json").read_text())
+    assert report["score"] == 6 and report["output"].startswith("[graded without a sandbox]")
+    assert report["extra_data"]["sandbox"].startswith("none (--no-sandbox)")
+    assert [r["sandboxed"] for r in csv.DictReader((out / "summary.csv").open())] == ["no", "no"]

@@ -61,12 +61,12 @@ raise RuntimeError(f"REPORT written={max(written.values()) >> 20}")
 
 PRINT_FLOOD = '''
 import os, sys
-for _ in range(200):
+for _ in range(64):
     sys.stdout.write("x" * (1 << 20) + "\\n")
-for _ in range(200):
+for _ in range(64):
     os.write(1, b"y" * (1 << 20))
     os.write(2, b"z" * (1 << 20))
-print("w" * (200 << 20))
+print("w" * (64 << 20))
 '''
 
 MEMORY_FIRST = '''

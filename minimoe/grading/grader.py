@@ -141,9 +141,9 @@ def _zero(exercises: list[Exercise], why: str) -> list[Outcome]:
 
 
 def read_submission(path: Path, max_bytes: int = MAX_NOTEBOOK_BYTES) -> bytes:
-    """The submission's bytes: a regular file, read once, not through a final link, at most ``max_bytes``."""
+    """The submission's bytes: a regular file (a FIFO would block), read once, at most ``max_bytes`` + 1."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise GradingError(f"cannot read {path}: {e.strerror or e}") from None
     try:

@@ -513,7 +513,11 @@ class KernelSession:
                 reply = client.get_shell_msg(timeout=min(0.1, left))
             except queue.Empty:
                 if self._dropped("shell"):
-                    return "lost", f"the cell's reply was larger than {MAX_MESSAGE >> 20} MB and was dropped"
+                    # A dying kernel also drops the connection: tell the two apart.
+                    try:
+                        self.proc.wait(timeout=3)
+                    except subprocess.TimeoutExpired:
+                        return "lost", f"the cell's reply was larger than {MAX_MESSAGE >> 20} MB and was dropped"
                 continue
             except Exception:  # noqa: BLE001 - a reply that does not parse: the kernel is not well
                 return "died", "the kernel sent a reply that could not be read"
@@ -624,7 +628,9 @@ class KernelSession:
             if status == "deadline":
                 raise StudentError(self.deadline.message())
             if status in ("timeout", "died", "lost"):
-                what = {"timeout": f"ran past its {timeout:g} s limit", "died": "killed the kernel",
+                limit = f"its {timeout:g} s limit" if timeout >= self.limits.cell_timeout else \
+                    f"the {timeout:.1f} s this check had left"
+                what = {"timeout": f"ran past {limit}", "died": "killed the kernel",
                         "lost": "cut the grader off from the kernel"}[status]
                 self.broken[name] = what
                 self._restart()

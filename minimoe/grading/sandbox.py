@@ -301,6 +301,9 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         if not self.enabled:
+            # No box, but where a cgroup can be made it still caps the memory and processes, and
+            # ends every process the notebook started, setsid or not.
+            self.cgroup = Cgroup.create(self.memory_bytes, self.processes)
             return
         reason = probe()
         if reason:
@@ -315,7 +318,8 @@ class Sandbox:
 
     def describe(self) -> str:
         if not self.enabled:
-            return "none (--no-sandbox): the kernel ran as the grader's user, with the grader's files in reach"
+            return ("none (--no-sandbox): the kernel ran as the grader's user, with the grader's files in reach"
+                    + ("; a cgroup capped its memory and processes" if self.cgroup else ""))
         who = f"uid {self.uid}" if self.uid is not None else "an unprivileged user namespace"
         return f"bubblewrap: {who}, own PID/network/IPC namespaces, read-only system and package, {self._limits}"
 
@@ -343,8 +347,11 @@ class Sandbox:
         limit = [sys.executable, "-I", launcher, "limit",
                  "--memory-bytes", str(self.memory_bytes), "--cpu-seconds", str(self.cpu_seconds),
                  "--file-bytes", str(self.file_bytes)]
+        enter = [sys.executable, "-I", launcher, "enter",
+                 *[x for f in (self.cgroup.procs_files if self.cgroup else []) for x in ("--cgroup-procs", f)], "--"]
         if not self.enabled:
-            return Plan([*limit, "--", *kernel], self._env(str(self.work)), str(self.work), None)
+            command = [*limit, "--", *kernel]
+            return Plan([*enter, *command] if self.cgroup else command, self._env(str(self.work)), str(self.work), None)
         limit += ["--processes", str(self.processes)]
         if self.uid is not None:
             limit += ["--uid", str(self.uid), "--gid", str(self.uid), "--home", HOME]
@@ -387,10 +394,7 @@ class Sandbox:
                  *parents(str(self.io)), "--bind", str(self.io), str(self.io),
                  "--chdir", HOME]
         command = [*args, "--", *limit, "--", *kernel]
-        if self.cgroup is not None:
-            command = [sys.executable, "-I", launcher, "enter",
-                       *[x for f in self.cgroup.procs_files for x in ("--cgroup-procs", f)], "--", *command]
-        return Plan(command, self._env(HOME), str(self.work), self.uid)
+        return Plan([*enter, *command] if self.cgroup else command, self._env(HOME), str(self.work), self.uid)
 
     def processes_alive(self) -> set[int]:
         """Host pids of the sandbox's processes that the grader can name (cgroup, else uid)."""
