@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/grade_class.py              # 30 submissions, both modes
     .venv/bin/python benchmarks/grade_class.py --students 10 --json result.json
 
+It also times a kernel's start (to its first answered cell) with and without the sandbox, the two
+interleaved round by round, which measures the sandbox's own cost with less noise from the load.
+
 The class: a third hand in the solution, a third the untouched exercise, a third a partial answer
 (the aux loss right, the bias update with its sign flipped). Each copy differs by a comment, so no
 two files are the same. Each mode runs ``minimoe grade`` once over the whole class and reads
@@ -73,13 +76,35 @@ def grade(folder: Path, out: Path, sandbox: bool, extra: list[str]) -> dict:
             "sandboxed": sorted({r["sandboxed"] for r in rows})}
 
 
+def kernel_starts(rounds: int) -> dict[str, list[float]]:
+    """Seconds from nothing to a kernel that has answered one cell, sandbox and not, interleaved."""
+    from minimoe.grading.kernel import KernelSession, Limits
+
+    times: dict[str, list[float]] = {"sandbox": [], "no sandbox": []}
+    for _ in range(rounds):
+        for sandbox in (True, False):
+            with tempfile.TemporaryDirectory(prefix="minimoe-start-") as tmp:
+                start = time.monotonic()
+                session = KernelSession(Path(tmp), Limits(), sandbox=sandbox)
+                try:
+                    session.start()
+                    assert session._execute("x = 1", 120)[0] == "ok"
+                finally:
+                    session.close()
+                times["sandbox" if sandbox else "no sandbox"].append(time.monotonic() - start)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--grade-args", default="--timeout 600 --cell-timeout 60 --memory 4",
                         help="limits passed to minimoe grade")
+    parser.add_argument("--starts", type=int, default=10,
+                        help="rounds of the kernel start-up comparison (sandbox and not, interleaved)")
     args = parser.parse_args(argv)
+    starts = kernel_starts(args.starts)
     with tempfile.TemporaryDirectory(prefix="minimoe-class-") as tmp:
         tmp = Path(tmp)
         (tmp / "class").mkdir()
@@ -97,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0], "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs],
         "sandbox_overhead_per_submission_s": round(on["per_submission_s"]["mean"] - off["per_submission_s"]["mean"], 2),
         "sandbox_overhead_ratio": round(on["wall_s"] / off["wall_s"], 3),
+        "kernel_start_s": {k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3)}
+                           for k, v in starts.items()},
     }
     print(f"{args.students} chapter-05 submissions, {os.cpu_count()} CPUs")
     print(f"{'mode':<12} {'wall s':>8} {'mean s/sub':>11} {'median':>8} {'max':>7} {'load before/after':>18}")
@@ -106,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{p['max']:>7} {r['load_before']:>9}/{r['load_after']:<8}")
     print(f"sandbox overhead: {summary['sandbox_overhead_per_submission_s']:+} s per submission, "
           f"{summary['sandbox_overhead_ratio']}x wall-clock; every score as expected")
+    ks = summary["kernel_start_s"]
+    print(f"kernel start to first reply, {args.starts} interleaved rounds: sandbox median {ks['sandbox']['median']} s "
+          f"(min {ks['sandbox']['min']}), no sandbox median {ks['no sandbox']['median']} s (min {ks['no sandbox']['min']})")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

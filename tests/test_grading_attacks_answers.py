@@ -47,8 +47,8 @@ ATTACKS = {
     "link": ("", "os.symlink(os.path.join(os.path.dirname(os.path.dirname(path)), 'kernel.log'), path)"),
     "huge": ("", "with open(path, 'wb') as f:\n    f.truncate(200 << 20)"),
 }
-REFUSALS = {
-    "hash_bomb": "took more than", "deep_key": "crashed the decoder", "repr_bomb": "200000 parts",
+REFUSALS = {  # deep_key: crashes the decoding child, unless a loaded machine makes it run out of time first
+    "hash_bomb": "took more than", "deep_key": ("crashed the decoder", "took more than"), "repr_bomb": "200000 parts",
     "compressed": "compressed entry", "bad_key": "dict key of type tuple", "fifo": "not a regular file",
     "link": "could not be opened", "huge": "more than the",
 }
@@ -101,7 +101,8 @@ def test_the_grader_held_and_nothing_outside_changed(attacks):
 def test_hostile_answer_files_cost_only_their_exercise(attacks, name):
     decoding = attacks["decoding"]
     verdict(decoding, name)
-    assert REFUSALS[name] in decoding.text(name), decoding.result(name)["tests"]
+    expected = REFUSALS[name] if isinstance(REFUSALS[name], tuple) else (REFUSALS[name],)
+    assert any(e in decoding.text(name) for e in expected), decoding.result(name)["tests"]
 
 
 def test_a_hash_bomb_costs_one_decode_not_one_per_check(attacks):

@@ -2,11 +2,8 @@
 key, names and metadata. Each is a reproducer notebook graded by ``minimoe grade`` in the sandbox."""
 
 import os
-import subprocess
-import sys
 import time
 
-import nbformat
 import pytest
 
 from answer_key import WRAPPERS

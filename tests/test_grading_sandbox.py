@@ -11,8 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from grading_helpers import ROOT, processes_with
 from minimoe.grading import sandbox as sb
 from minimoe.grading.kernel import KernelSession, Limits

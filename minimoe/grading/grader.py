@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 
+from minimoe.grading.decode import DecodeError, shared_decoder
 from minimoe.grading.feedback import Outcome, cap, run_checks
 from minimoe.grading.kernel import CellRun, Deadline, KernelSession, Limits, RemoteStudent
 from minimoe.grading.registry import Exercise, exercises_for_chapter
@@ -194,6 +195,10 @@ def grade_notebook(path: str | Path, limits: Limits | None = None, chapter: str 
     limits = limits or Limits()
     chapter = resolve_chapter(chapter)
     exercises = exercises_for_chapter(chapter)
+    try:
+        shared_decoder().warm()  # the grader's own start-up is not the submission's time
+    except DecodeError as e:
+        raise GradingError(f"the answer decoder does not work here: {e}") from None
     deadline = Deadline(limits.timeout)
     start = time.monotonic()
     data = read_submission(path)

@@ -234,6 +234,7 @@ class KernelSession:
         self.broken: dict[str, str] = {}  # functions that hung or killed the kernel: not run again
         self.notes: list[str] = []
         self.output_bytes = 0
+        self.decode_seconds = 0.0  # time spent decoding answers, in the grader (not the kernel's time)
         self._reading_output = True
         self.stopped_for = ""  # why the watchdog ended the kernel, if it did
         self._stop_watch = threading.Event()
@@ -644,12 +645,15 @@ class KernelSession:
         finally:
             self._unlink(name_in)
             self._unlink(name_out)
+        started = time.monotonic()
         try:
             result = shared_decoder().decode(data, timeout=min(timeout, self.deadline.remaining()))
         except DecodeError as e:
+            self.decode_seconds += time.monotonic() - started
             if e.costly:
                 self.broken[name] = "returned an answer that could not be decoded"
             raise StudentError(f"what `{name}` returned could not be read: {e}") from None
+        self.decode_seconds += time.monotonic() - started
         if not isinstance(result, dict) or not isinstance(result.get("status"), str):
             raise StudentError(f"what `{name}` returned could not be read")
         status = result["status"]
@@ -674,13 +678,17 @@ class KernelSession:
 
 
 class RemoteStudent:
-    """The ``Student`` adapter of the grader: every call goes to the submission's kernel."""
+    """The ``Student`` adapter of the grader: every call goes to the submission's kernel.
+
+    For one check (``for_check``) its calls share one time budget (``cell_timeout`` seconds of the
+    kernel's time, not counting the grader's decoding) and a cap on their number.
+    """
 
     def __init__(self, session: KernelSession, protects: tuple[str, ...] = (), budget: float | None = None):
         self.session = session
         self.protects = tuple(protects)
-        self.budget_end = None if budget is None else time.monotonic() + budget
         self.budget = budget
+        self.spent = 0.0
         self.calls = 0
 
     def for_check(self, ex: Any, chk: Any) -> "RemoteStudent":
@@ -691,15 +699,22 @@ class RemoteStudent:
         self.calls += 1
         if self.calls > self.session.limits.calls_per_check:
             raise StudentError(f"the check needed more than {self.session.limits.calls_per_check} calls")
-        if self.budget_end is None:
+        if self.budget is None:
             return None
-        left = self.budget_end - time.monotonic()
+        left = self.budget - self.spent
         if left <= 0:
             raise StudentError(f"this check's calls together ran past their {self.budget:g} s")
         return min(left, self.session.limits.cell_timeout)
 
+    def _timed(self, *args: Any, **kwargs: Any) -> Any:
+        started, decoding = time.monotonic(), self.session.decode_seconds
+        try:
+            return self.session.call(*args, **kwargs)
+        finally:
+            self.spent += (time.monotonic() - started) - (self.session.decode_seconds - decoding)
+
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.session.call(name, args, kwargs, protects=self.protects, timeout=self._timeout())
+        return self._timed(name, args, kwargs, protects=self.protects, timeout=self._timeout())
 
     def value(self, name: str) -> Any:
-        return self.session.call(name, kind="value", timeout=self._timeout())
+        return self._timed(name, kind="value", timeout=self._timeout())

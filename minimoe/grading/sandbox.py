@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import minimoe
 
@@ -78,6 +79,20 @@ def python_paths() -> list[str]:
         if p != "/" and not any(p == c or p.startswith(c + "/") for c in chosen):
             chosen.append(p)
     return chosen
+
+
+def kill_all(alive: "Callable[[], set[int]]", tries: int = 10) -> None:
+    """SIGKILL the processes ``alive()`` names, again and again until none is left (or ``tries`` rounds)."""
+    for _ in range(tries):
+        pids = alive()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
 
 
 # --- cgroups -------------------------------------------------------------------------------------
@@ -224,16 +239,7 @@ class Cgroup:
                 kill_file.write_text("1")
             except OSError:
                 pass
-        for _ in range(10):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.05)
+        kill_all(self.pids)
 
     def remove(self) -> None:
         for d in self.dirs:
@@ -416,16 +422,8 @@ class Sandbox:
         """End every process of the sandbox that the grader can name."""
         if self.cgroup is not None:
             self.cgroup.kill()
-        for _ in range(10):
-            pids = self.processes_alive() if self.cgroup is None else set()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.05)
+        else:
+            kill_all(self.processes_alive)
 
     def close(self) -> None:
         self.kill()
