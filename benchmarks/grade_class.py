@@ -10,8 +10,9 @@ The class: a third hand in the solution, a third the untouched exercise, a third
 (the aux loss right, the bias update with its sign flipped). Each copy differs by a comment, so no
 two files are the same. Each mode runs ``minimoe grade`` once over the whole class and reads
 ``summary.csv``; the script checks every score against what that kind of submission earns, then
-prints the time per submission and the sandbox's overhead. The machine's load average is printed
-with the numbers: on a shared machine the wall-clock times move with it.
+prints the time per submission and the sandbox's overhead. The class is graded in parts (``--rounds``),
+each part with the sandbox and then without, so that both modes see the same swings of a shared
+machine's load; the load average is printed with the numbers.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ def make_class(folder: Path, students: int) -> dict[str, float]:
     return expected
 
 
-def grade(folder: Path, out: Path, sandbox: bool, extra: list[str]) -> dict:
-    paths = sorted(str(p) for p in folder.glob("*.ipynb"))
+def grade(paths: list[str], out: Path, sandbox: bool, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "minimoe.cli", "grade", *paths, "--chapter", "05", "--out", str(out), *extra]
     if not sandbox:
         cmd.append("--no-sandbox")
@@ -67,13 +67,31 @@ def grade(folder: Path, out: Path, sandbox: bool, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"minimoe grade failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    seconds = [float(r["seconds"]) for r in rows]
-    return {"sandbox": sandbox, "submissions": len(rows), "wall_s": round(wall, 1),
+    return {"wall": wall, "seconds": [float(r["seconds"]) for r in rows], "loads": [load, os.getloadavg()[0]],
+            "scores": {r["submission"]: float(r["score"]) for r in rows}, "sandboxed": {r["sandboxed"] for r in rows}}
+
+
+def grade_class(folder: Path, out: Path, rounds: int, extra: list[str]) -> list[dict]:
+    """Grade the class in ``rounds`` parts, each part with the sandbox and then without, so that both
+    modes see the same changes in the machine's load."""
+    paths = sorted(str(p) for p in folder.glob("*.ipynb"))
+    parts = [paths[i::rounds] for i in range(rounds)]
+    runs = {True: [], False: []}
+    for i, part in enumerate(parts):
+        for sandbox in (True, False):
+            runs[sandbox].append(grade(part, out / f"{'sandbox' if sandbox else 'plain'}-{i}", sandbox, extra))
+    summary = []
+    for sandbox, parts_run in runs.items():
+        seconds = [s for r in parts_run for s in r["seconds"]]
+        loads = [x for r in parts_run for x in r["loads"]]
+        summary.append({
+            "sandbox": sandbox, "submissions": len(seconds), "wall_s": round(sum(r["wall"] for r in parts_run), 1),
             "per_submission_s": {"mean": round(statistics.mean(seconds), 2), "median": round(statistics.median(seconds), 2),
                                  "max": round(max(seconds), 2)},
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            "scores": {r["submission"]: float(r["score"]) for r in rows},
-            "sandboxed": sorted({r["sandboxed"] for r in rows})}
+            "load_min": round(min(loads), 2), "load_max": round(max(loads), 2),
+            "scores": {k: v for r in parts_run for k, v in r["scores"].items()},
+            "sandboxed": sorted(set().union(*(r["sandboxed"] for r in parts_run)))})
+    return summary
 
 
 def kernel_starts(rounds: int) -> dict[str, list[float]]:
@@ -101,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--grade-args", default="--timeout 600 --cell-timeout 60 --memory 4",
                         help="limits passed to minimoe grade")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="grade the class in this many parts, each with and then without the sandbox")
     parser.add_argument("--starts", type=int, default=10,
                         help="rounds of the kernel start-up comparison (sandbox and not, interleaved)")
     args = parser.parse_args(argv)
@@ -109,13 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         (tmp / "class").mkdir()
         expected = make_class(tmp / "class", args.students)
-        runs = []
-        for sandbox in (True, False):
-            run = grade(tmp / "class", tmp / ("out-sandbox" if sandbox else "out-plain"), sandbox, args.grade_args.split())
-            wrong = {p: (run["scores"][p], s) for p, s in expected.items() if run["scores"].get(p) != s}
+        runs = grade_class(tmp / "class", tmp / "out", args.rounds, args.grade_args.split())
+        for run in runs:
+            wrong = {p: (run["scores"].get(p), s) for p, s in expected.items() if run["scores"].get(p) != s}
             if wrong:
-                raise SystemExit(f"unexpected scores ({'sandbox' if sandbox else 'no sandbox'}): {wrong}")
-            runs.append(run)
+                raise SystemExit(f"unexpected scores ({'sandbox' if run['sandbox'] else 'no sandbox'}): {wrong}")
     on, off = runs
     summary = {
         "date": time.strftime("%Y-%m-%d"), "students": args.students, "cpus": os.cpu_count(),
@@ -126,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                            for k, v in starts.items()},
     }
     print(f"{args.students} chapter-05 submissions, {os.cpu_count()} CPUs")
-    print(f"{'mode':<12} {'wall s':>8} {'mean s/sub':>11} {'median':>8} {'max':>7} {'load before/after':>18}")
+    print(f"{'mode':<12} {'wall s':>8} {'mean s/sub':>11} {'median':>8} {'max':>7} {'load min-max':>14}")
     for r in runs:
         p = r["per_submission_s"]
         print(f"{'sandbox' if r['sandbox'] else 'no sandbox':<12} {r['wall_s']:>8} {p['mean']:>11} {p['median']:>8} "
-              f"{p['max']:>7} {r['load_before']:>9}/{r['load_after']:<8}")
+              f"{p['max']:>7} {r['load_min']:>7}-{r['load_max']:<6}")
     print(f"sandbox overhead: {summary['sandbox_overhead_per_submission_s']:+} s per submission, "
           f"{summary['sandbox_overhead_ratio']}x wall-clock; every score as expected")
     ks = summary["kernel_start_s"]

@@ -61,6 +61,14 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     if args.no_sandbox:
         print("minimoe grade: --no-sandbox: the notebooks run as you, with your files in reach; "
               "every report says so", file=sys.stderr)
+    else:
+        from minimoe.grading.sandbox import probe
+
+        why = probe()
+        if why:
+            print(f"minimoe grade: the sandbox cannot run here ({why}); --no-sandbox grades without it, "
+                  "only for submissions isolated some other way", file=sys.stderr)
+            return 2
     paths = [Path(p) for p in args.paths]
     writer = ReportWriter(Path(args.out), paths, args.student_id)
     results, failures = [], 0

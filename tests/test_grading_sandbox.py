@@ -11,6 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from grading_helpers import ROOT, processes_with
 from minimoe.grading import sandbox as sb
 from minimoe.grading.kernel import KernelSession, Limits
@@ -207,3 +209,10 @@ def test_kernel_log_and_output_are_capped(tmp_path):
     assert log <= 1 << 20
     assert any("raw stdout" in n for n in session.notes) and any("printed more than" in n for n in session.notes)
     assert session.output_bytes < 16 << 20
+
+
+@pytest.mark.parametrize("bad", [{"timeout": 0}, {"memory_gb": -1}, {"cell_timeout": True}, {"processes": 3},
+                                 {"calls_per_check": 0}, {"answer_mb": "big"}])
+def test_limits_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Limits(**bad)

@@ -71,10 +71,10 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name}: got {value!r}, need a positive number")
-        for name in ("max_restarts", "processes", "calls_per_check"):
+        for name, least in (("max_restarts", 0), ("processes", 16), ("calls_per_check", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: got {value!r}, need a whole number >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: got {value!r}, need a whole number >= {least}")
 
     @property
     def memory_bytes(self) -> int:
