@@ -73,10 +73,11 @@ def answer_cost(n_active, n_tokens, peak_flops, mfu, price_per_gpu_hour):
 @pytest.fixture(scope="module")
 def attacks(tmp_path_factory):
     root = tmp_path_factory.mktemp("answers")
-    decoding = Batch(root, "decoding", "00")
-    for name, (prepare, action) in ATTACKS.items():
-        decoding.add(name, add_cells(notebook(CH00), evil(prepare, action)), ATTACKED)
-    batches = {"decoding": decoding}
+    # Two graders share the hostile answers (each decodes its own), so that they run side by side.
+    decoding = [Batch(root, "decoding", "00"), Batch(root, "decoding2", "00")]
+    for i, (name, (prepare, action)) in enumerate(ATTACKS.items()):
+        decoding[i % 2].add(name, add_cells(notebook(CH00), evil(prepare, action)), ATTACKED)
+    batches = {"decoding": decoding[0], "decoding2": decoding[1]}
     for chapter, filename in CHAPTER_FILES.items():
         batch = Batch(root, f"ch{chapter}", chapter)
         zero = {ex.id: 0.0 for ex in exercises_for_chapter(chapter)}
@@ -87,7 +88,7 @@ def attacks(tmp_path_factory):
             batch.add("nan10", add_cells(notebook(filename, "exercise"), NAN_10), zero)
         batches[f"ch{chapter}"] = batch
     world = World(root)
-    run_all(list(batches.values()), parallel=3)
+    run_all(list(batches.values()), parallel=4)
     return {**batches, "world": world.changes()}
 
 
@@ -97,16 +98,20 @@ def test_the_grader_held_and_nothing_outside_changed(attacks):
             check_batch(batch, attacks["world"])
 
 
+def _decoding(attacks, name):
+    return next(attacks[k] for k in ("decoding", "decoding2") if any(s.name == name for s in attacks[k].submissions))
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_hostile_answer_files_cost_only_their_exercise(attacks, name):
-    decoding = attacks["decoding"]
+    decoding = _decoding(attacks, name)
     verdict(decoding, name)
     expected = REFUSALS[name] if isinstance(REFUSALS[name], tuple) else (REFUSALS[name],)
     assert any(e in decoding.text(name) for e in expected), decoding.result(name)["tests"]
 
 
 def test_a_hash_bomb_costs_one_decode_not_one_per_check(attacks):
-    report = attacks["decoding"].result("hash_bomb")
+    report = _decoding(attacks, "hash_bomb").result("hash_bomb")
     assert report["execution_time"] < 180
     assert "not run again" in " ".join(t["output"] for t in report["tests"])
 

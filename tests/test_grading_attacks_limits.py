@@ -120,11 +120,11 @@ def attacks(tmp_path_factory):
     limits.add("disk_flood", add_cells(notebook(CH00), DISK_FLOOD, after="import torch"), FULL)
     limits.add("print_flood", add_cells(notebook(CH00), PRINT_FLOOD, after="import torch"), FULL)
     limits.add("memory_first", add_cells(notebook(CH00), MEMORY_FIRST, after="import torch"), FULL)
-    sleepy = Batch(root, "sleepy", "00", args=("--timeout", "150", "--cell-timeout", "20"))
+    sleepy = Batch(root, "sleepy", "00", args=("--timeout", "100", "--cell-timeout", "20"))
     sleepy.add("sleepy", add_cells(notebook(CH00), SLEEPY), {"00.linear_params": 2.0, "00.softmax": 0.0})
     replays = Batch(root, "replays", "00", args=("--timeout", "60", "--cell-timeout", "20"))
     replays.add("replays", replays_notebook(), None)
-    many = Batch(root, "many_calls", "02", args=("--timeout", "90", "--cell-timeout", "30"))
+    many = Batch(root, "many_calls", "02", args=("--timeout", "60", "--cell-timeout", "30"))
     many.add("many_calls", add_cells(notebook(CH02), SLOW_CH02), None)
     world = World(root)
     batches = [sleepy, replays, many, limits]
@@ -174,7 +174,7 @@ def test_a_first_cell_that_hoards_memory_costs_only_itself(attacks):
 def test_one_deadline_covers_checks_that_sleep_under_the_cell_timeout(attacks):
     sleepy = attacks["sleepy"]
     report_ = sleepy.result("sleepy")
-    assert report_["execution_time"] < 150 + 30, "the submission ran past its deadline"
+    assert report_["execution_time"] < 100 + 30, "the submission ran past its deadline"
     outputs = " ".join(t["output"] for t in report_["tests"] if t["name"].startswith("00.softmax"))
     assert "ran past" in outputs
 
@@ -187,6 +187,6 @@ def test_replays_after_kernel_deaths_count_against_the_deadline(attacks):
 
 def test_many_slow_calls_stop_at_the_deadline(attacks):
     report_ = attacks["many"].result("many_calls")
-    assert report_["execution_time"] < 90 + 30
+    assert report_["execution_time"] < 60 + 30
     assert "time limit" in " ".join(t["output"] for t in report_["tests"])
     assert report_["score"] < report_["max_score"]
