@@ -20,29 +20,76 @@ def _positive(kind: type):
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from minimoe.grading.grader import GradingError, format_result, format_summary, grade_notebook, write_reports
+    import re
+
+    from minimoe.grading.grader import (GradingError, ReportWriter, format_result, format_summary, grade_notebook,
+                                        resolve_chapter)
     from minimoe.grading.kernel import Limits
 
+    if args.gradescope_bundle:
+        from minimoe.grading.gradescope import write_bundle
+
+        try:
+            target = write_bundle(args.gradescope_bundle, Path(args.out) / "autograder.zip"
+                                  if args.bundle_out is None else Path(args.bundle_out),
+                                  timeout=args.timeout, cell_timeout=args.cell_timeout, memory_gb=args.memory,
+                                  sandbox=not args.no_sandbox)
+        except (GradingError, ValueError) as e:
+            print(f"minimoe grade: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {target}")
+        return 0
+    if not args.paths:
+        print("minimoe grade: give the submitted notebooks (or --gradescope-bundle CHAPTER)", file=sys.stderr)
+        return 2
     limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_gb=args.memory)
     missing = [p for p in args.paths if not Path(p).is_file()]
     if missing:
         print(f"minimoe grade: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    results, failures = [], 0
-    for i, path in enumerate(args.paths, 1):
-        print(f"[{i}/{len(args.paths)}] grading {path} ...", flush=True)
+    if args.student_id:
         try:
-            result = grade_notebook(path, limits, chapter=args.chapter)
-        except GradingError as e:
-            print(f"minimoe grade: {e}", file=sys.stderr)
-            failures += 1
-            continue
-        results.append(result)
-        print(format_result(result), flush=True)
+            re.compile(args.student_id)
+        except re.error as e:
+            print(f"minimoe grade: --student-id: not a regular expression ({e})", file=sys.stderr)
+            return 2
+    try:
+        chapter = resolve_chapter(args.chapter)
+    except GradingError as e:
+        print(f"minimoe grade: {e}", file=sys.stderr)
+        return 2
+    if args.no_sandbox:
+        print("minimoe grade: --no-sandbox: the notebooks run as you, with your files in reach; "
+              "every report says so", file=sys.stderr)
+    else:
+        from minimoe.grading.sandbox import probe
+
+        why = probe()
+        if why:
+            print(f"minimoe grade: the sandbox cannot run here ({why}); --no-sandbox grades without it, "
+                  "only for submissions isolated some other way", file=sys.stderr)
+            return 2
+    paths = [Path(p) for p in args.paths]
+    writer = ReportWriter(Path(args.out), paths, args.student_id)
+    results, failures = [], 0
+    try:
+        for i, path in enumerate(paths, 1):
+            print(f"[{i}/{len(paths)}] grading {path} ...", flush=True)
+            try:
+                result = grade_notebook(path, limits, chapter=chapter, sandbox=not args.no_sandbox)
+            except GradingError as e:
+                print(f"minimoe grade: {e}", file=sys.stderr)
+                failures += 1
+                continue
+            results.append(result)
+            writer.add(result)
+            print(format_result(result), flush=True)
+    finally:
+        writer.close()
     if results:
         print()
         print(format_summary(results))
-        for target in write_reports(results, Path(args.out)):
+        for target in writer.written:
             print(f"wrote {target}")
     # The exit status says whether grading ran, never what the students scored.
     return 1 if failures else 0
@@ -325,14 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("grade", help="grade exercise notebooks in isolated kernels")
-    g.add_argument("paths", nargs="+", metavar="PATH", help="submitted notebooks (.ipynb)")
+    g.add_argument("paths", nargs="*", metavar="PATH", help="submitted notebooks (.ipynb)")
+    g.add_argument("--chapter", default=None,
+                   help="the assignment: NN (such as 05) or the released notebook exercises/NN_name.ipynb "
+                        "(required: the chapter never comes from a submission)")
     g.add_argument("--out", default="graded", help="folder for results.json files and summary.csv (default: graded)")
     g.add_argument("--timeout", type=_positive(float), default=600.0,
-                   help="seconds to run one whole notebook (default: 600)")
+                   help="seconds for one whole submission: its cells, restarts and checks (default: 600)")
     g.add_argument("--cell-timeout", type=_positive(float), default=60.0,
-                   help="seconds for one cell or one check's call (default: 60)")
-    g.add_argument("--memory", type=_positive(float), default=4.0, help="GB of memory for a notebook's kernel (default: 4)")
-    g.add_argument("--chapter", default=None, help="chapter to grade against (default: from the file name NN_*.ipynb)")
+                   help="seconds for one cell, and for one check's calls together (default: 60)")
+    g.add_argument("--memory", type=_positive(float), default=4.0,
+                   help="GB of memory for a notebook's kernel and everything it starts (default: 4)")
+    g.add_argument("--student-id", default=None, metavar="REGEX",
+                   help="regular expression finding the student id in a file name (group 'id' or the first group); "
+                        "written to summary.csv")
+    g.add_argument("--no-sandbox", action="store_true",
+                   help="run kernels without the bubblewrap sandbox (macOS, or machines without namespaces); "
+                        "every report records it")
+    g.add_argument("--gradescope-bundle", default=None, metavar="CHAPTER",
+                   help="write a Gradescope autograder.zip for CHAPTER (into --out, or --bundle-out) and stop")
+    g.add_argument("--bundle-out", default=None, help="where to write autograder.zip (default: OUT/autograder.zip)")
     g.set_defaults(func=_cmd_grade)
 
     r = sub.add_parser("release", help="point every Colab link and install cell at one address; write exercises/")

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from answer_key import NO_REFERENCE, WRAPPERS
 from minimoe.grading import REGISTRY, StudentError, check, exercises_for_chapter, get_exercise, run_checks
-from minimoe.grading.registry import exercise, expect_close, expect_equal
+from minimoe.grading.feedback import MESSAGE_CHARS, check_seed
+from minimoe.grading.guard import Tripped, guarded, resolve
+from minimoe.grading.registry import exercise, expect_close, expect_equal, expect_number, short
 from minimoe.grading.student import LocalStudent, plain
 
 
@@ -148,3 +151,189 @@ def test_plain_accepts_data_and_rejects_objects():
         plain(np.zeros(3))
     with pytest.raises(StudentError, match="Linear"):
         plain(torch.nn.Linear(2, 2))
+
+
+# --- issue 19: NaN, hidden checks, visibility, seeds, capped messages, the answer key -------------
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("got", [NAN, float("inf"), -float("inf"), torch.tensor(NAN), torch.tensor([NAN])])
+def test_nan_and_inf_never_pass_expect_number(got):
+    with pytest.raises(AssertionError):
+        expect_number(got, 3.0, "x")
+    with pytest.raises(AssertionError):
+        expect_number(got, 0.0, "x")
+
+
+def test_nan_never_passes_expect_equal_or_expect_close():
+    for got in (NAN, torch.tensor(NAN), [1, NAN], (NAN,)):
+        for want in (1.0, 0, [1, 2.0], (3.0,)):
+            with pytest.raises(AssertionError):
+                expect_equal(got, want, "x")
+    want = torch.tensor([1.0, 2.0])
+    for got in (torch.tensor([NAN, 2.0]), torch.tensor([1.0, float("inf")]), torch.full((2,), NAN, dtype=torch.float64)):
+        with pytest.raises(AssertionError):
+            expect_close(got, want, "x")
+    expect_number(2.0 * (1 + 1e-9), 2.0, "close enough")
+    expect_equal(3, 3, "equal")
+
+
+def test_student_values_in_messages_are_capped():
+    with pytest.raises(AssertionError) as e:
+        expect_equal("x" * 10_000_000, "y", "decode(...)")
+    assert len(str(e.value)) < 500
+    huge: list = []
+    for _ in range(30):
+        huge = [huge, huge]  # its full repr would have 2**30 parts
+    assert len(short(huge)) <= 300
+    ex = exercise("99.long_message_for_test", "a check whose message is huge", functions=("f",))
+    try:
+        @ex.check("huge", points=1, hint="none")
+        def _huge(student, rng):
+            raise AssertionError("z" * 1_000_000)
+
+        [outcome] = run_checks(ex, LocalStudent({"f": lambda: 1}))
+        assert len(outcome.message) <= MESSAGE_CHARS
+    finally:
+        del REGISTRY["99.long_message_for_test"]
+
+
+def test_hidden_checks_run_in_the_grader_only_and_carry_visibility(capsys):
+    ex = exercise("99.hidden_for_test", "visible and hidden checks", functions=("f",))
+    try:
+        @ex.check("visible", points=1, hint="h")
+        def _visible(student, rng):
+            expect_equal(student.call("f"), 1, "f()")
+
+        @ex.check("instructor only", points=2, hint="h", hidden=True)
+        def _hidden(student, rng):
+            expect_equal(student.call("f"), 2, "f()")
+
+        with pytest.raises(ValueError, match="visibility"):
+            ex.check("bad", points=1, hint="h", visibility="sometimes")
+        student = LocalStudent({"f": lambda: 1})
+        graded = run_checks(ex, student)
+        assert [(o.name, o.hidden, o.visibility, o.points) for o in graded] == [
+            ("visible", False, "visible", 1.0), ("instructor only", True, "after_published", 0.0)]
+        report = check("99.hidden_for_test", namespace={"f": lambda: 1})
+        assert "instructor only" not in capsys.readouterr().out
+        assert report.passed and (report.score, report.max_score) == (1, 1)
+    finally:
+        del REGISTRY["99.hidden_for_test"]
+
+
+def test_random_inputs_depend_on_the_submission_and_the_check_only():
+    seen = []
+    ex = exercise("99.seeded_for_test", "records its random inputs", functions=("f",))
+    try:
+        @ex.check("a", points=1, hint="h")
+        def _a(student, rng):
+            seen.append(("a", torch.rand(3, generator=rng).tolist()))
+
+        @ex.check("b", points=1, hint="h")
+        def _b(student, rng):
+            seen.append(("b", torch.rand(3, generator=rng).tolist()))
+
+        student = LocalStudent({})
+        run_checks(ex, student, key=b"submission one")
+        run_checks(ex, student, key=b"submission one")
+        run_checks(ex, student, key=b"submission two")
+        first, again, other = seen[0:2], seen[2:4], seen[4:6]
+        assert first == again, "a regrade must see the same inputs"
+        assert first[0][1] != first[1][1], "each check gets its own inputs"
+        assert first != other, "another submission gets other inputs"
+        assert check_seed(b"k", "99.x", "a") == check_seed(b"k", "99.x", "a") != check_seed(b"k", "99.x", "b")
+    finally:
+        del REGISTRY["99.seeded_for_test"]
+
+
+def test_check_in_a_notebook_is_reproducible_for_the_same_code():
+    seen = []
+    ex = exercise("99.fingerprint_for_test", "records its random inputs", functions=("f",))
+    try:
+        @ex.check("a", points=1, hint="h")
+        def _a(student, rng):
+            seen.append(torch.rand(2, generator=rng).tolist())
+
+        def f():
+            return [x for x in range(3)]  # a nested code object: its digest must not hold an address
+
+        def g():
+            return 2
+
+        check("99.fingerprint_for_test", namespace={"f": f}, quiet=True)
+        check("99.fingerprint_for_test", namespace={"f": f}, quiet=True)
+        check("99.fingerprint_for_test", namespace={"f": g}, quiet=True)
+        assert seen[0] == seen[1] != seen[2]
+    finally:
+        del REGISTRY["99.fingerprint_for_test"]
+
+
+def test_protected_names_must_be_dotted_and_every_declared_one_resolves():
+    with pytest.raises(ValueError, match="protects"):
+        exercise("99.bad_protects", "x", protects="minimoe.moe.switch_aux_loss")
+    with pytest.raises(ValueError, match="protects"):
+        exercise("99.bad_protects", "x", protects=("not dotted",))
+    declared = [(ex.id, name) for ex in REGISTRY.values() for name in ex.protects]
+    assert len(declared) >= 25
+    for exercise_id, name in declared:
+        holder, attr, obj = resolve(name)
+        assert callable(obj), f"{exercise_id}: {name}"
+    with_reference = {ex.id for ex in REGISTRY.values() if ex.chapter <= "10"} - NO_REFERENCE
+    assert {ex.id for ex in REGISTRY.values() if ex.protects} >= with_reference
+
+
+def _wrapper_outcomes(chapter: str) -> dict:
+    namespace: dict = {}
+    exec(WRAPPERS[chapter], namespace)  # noqa: S102
+    student = LocalStudent(namespace)
+    return {ex.id: run_checks(ex, student, key=b"wrappers") for ex in exercises_for_chapter(chapter)
+            if ex.id not in NO_REFERENCE}
+
+
+@pytest.mark.parametrize("chapter", sorted(WRAPPERS))
+def test_wrapping_the_answer_key_earns_nothing(chapter, monkeypatch):
+    import contextlib
+
+    import minimoe.grading.student as student_module
+
+    for exercise_id, outcomes in _wrapper_outcomes(chapter).items():
+        assert outcomes and all(o.points == 0 for o in outcomes), exercise_id
+        assert all("own answer" in o.message for o in outcomes), [o.message for o in outcomes]
+    # The same wrappers, with the guard switched off, earn full marks: the attack is real.
+    monkeypatch.setattr(student_module, "guarded", lambda protects: contextlib.nullcontext([]))
+    for exercise_id, outcomes in _wrapper_outcomes(chapter).items():
+        assert all(o.passed for o in outcomes), (exercise_id, [o.message for o in outcomes if not o.passed])
+
+
+def test_the_guard_restores_everything_and_catches_captured_references():
+    import functools
+    import types
+
+    from minimoe.moe import switch_aux_loss
+
+    original = switch_aux_loss.__code__
+    captured = switch_aux_loss
+    partial = functools.partial(switch_aux_loss)
+    copied = types.FunctionType(switch_aux_loss.__code__, switch_aux_loss.__globals__, None, switch_aux_loss.__defaults__)
+    softmax = torch.softmax
+    probs = torch.rand(6, 3).softmax(-1)
+    idx = probs.topk(1, dim=-1).indices
+    for attempt in (lambda: captured(probs, idx), lambda: partial(probs, idx), lambda: copied(probs, idx)):
+        with guarded(["minimoe.moe.switch_aux_loss"]) as hits:
+            try:
+                attempt()
+            except Tripped:
+                pass
+        assert hits == ["minimoe.moe.switch_aux_loss"]
+    for attempt in (lambda: softmax(probs, -1), lambda: probs.softmax(-1), lambda: torch.nn.functional.softmax(probs, -1)):
+        with guarded(["torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax"]) as hits:
+            try:
+                attempt()
+            except Tripped:
+                pass
+        assert hits, "a softmax call went unnoticed"
+    assert switch_aux_loss.__code__ is original and torch.softmax is softmax
+    assert "softmax" not in vars(torch.Tensor)
+    assert torch.allclose(captured(probs, idx), copied(probs, idx))

@@ -328,6 +328,20 @@ def test_the_decoding_shortcut_equals_the_loop(case):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_the_decoding_shortcut_with_no_tokens_gives_an_empty_result():
+    """Zero tokens (an expert-parallel rank that received nothing) pass through both ways, and auto."""
+    from minimoe.dispatch.sort import expert_ffn_gathered
+
+    d, h, e, k = 6, 5, 4, 3
+    x, idx, w = torch.zeros(0, d), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    weights = [torch.randn(e, d, h), torch.randn(e, d, h), torch.randn(e, h, d)]
+    for views in (True, False):
+        assert expert_ffn_gathered(x, idx, w, *weights, views=views).shape == (0, d)
+    with torch.no_grad():
+        for backend in ("loop", "torch", "auto"):
+            assert expert_ffn(x, idx, w, *weights, backend=backend).shape == (0, d), backend
+
+
 def test_the_reference_depends_on_nothing_in_the_package():
     """The yardstick every backend is checked against imports no other part of minimoe."""
     import ast

@@ -1,10 +1,11 @@
 """Submissions that try to hang, exhaust, kill or fool the grader. Each costs only its own points."""
 
 import json
-import os
 import time
 
-from grading_helpers import EXERCISE, FAST, FULL, grade, insert_after, make, messages, replace_cell
+import uuid
+
+from grading_helpers import EXERCISE, FAST, FULL, grade, insert_after, make, messages, processes_with, replace_cell
 from minimoe.grading.grader import write_reports
 from minimoe.grading.kernel import Limits
 
@@ -18,20 +19,13 @@ HANG_RESISTANT = (
 )
 
 
-def test_a_hanging_cell_is_interrupted(tmp_path):
+def test_a_cell_that_hangs_even_through_interrupts_gets_a_new_kernel(tmp_path):
     start = time.monotonic()
-    points, result = grade(make(tmp_path, "hang", insert_after("import torch", "while True:\n    pass")))
-    assert points == FULL
-    assert [r.status for r in result.cells].count("timeout") == 1
-    assert result.restarts == 0, "an interrupt is enough for a plain loop"
-    assert time.monotonic() - start < 60
-
-
-def test_a_cell_that_ignores_interrupts_gets_a_new_kernel(tmp_path):
     points, result = grade(make(tmp_path, "stubborn", insert_after("def count_linear_params", HANG_RESISTANT)))
     assert points == FULL  # the cells before it are replayed in the new kernel
-    assert any(r.status == "timeout" for r in result.cells)
+    assert [r.status for r in result.cells].count("timeout") == 1
     assert result.restarts == 1
+    assert time.monotonic() - start < FAST.timeout
 
 
 def test_a_hanging_function_costs_only_its_exercise(tmp_path):
@@ -47,7 +41,7 @@ def test_a_hanging_function_costs_only_its_exercise(tmp_path):
     points, result = grade(path)
     assert points == {"00.linear_params": 0, "00.softmax": 4}
     assert "ran past" in messages(result, "00.linear_params")
-    assert time.monotonic() - start < 90  # hung once, then not run again
+    assert time.monotonic() - start < FAST.timeout  # hung once, then not run again
 
 
 def test_allocating_far_beyond_the_memory_limit_fails_inside_the_kernel(tmp_path):
@@ -127,36 +121,10 @@ def test_patching_the_checkers_inside_the_kernel_changes_nothing(tmp_path):
 
 
 def test_processes_a_notebook_starts_are_stopped(tmp_path):
-    pidfile = tmp_path / "child.pid"
-    spawn = ("import subprocess\n"
-             "child = subprocess.Popen(['sleep', '600'])\n"
-             f"open({str(pidfile)!r}, 'w').write(str(child.pid))")
+    token = f"minimoe-test-{uuid.uuid4().hex}"
+    spawn = ("import subprocess, sys\n"
+             f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {token!r}])\n"
+             f"grandchild = subprocess.Popen(['setsid', sys.executable, '-c', 'import time; time.sleep(600)', {token!r}])")
     points, _ = grade(make(tmp_path, "spawn", insert_after("import torch", spawn)))
     assert points == FULL
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        # a killed child of an exited parent is reaped by init; give it a moment
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"process {pid} started by the notebook is still running")
-
-
-def test_running_out_of_notebook_time_skips_the_rest(tmp_path):
-    slow = "import time\ntime.sleep(4)"
-    def edit(nb):
-        from nbformat.v4 import new_code_cell
-        for _ in range(3):
-            nb.cells.insert(3, new_code_cell(slow))
-    points, result = grade(make(tmp_path, "slow", edit), Limits(timeout=10, cell_timeout=6, memory_gb=3))
-    assert any(r.status == "skipped" for r in result.cells)
-    assert "ran out of time" in result.notes()
-    assert points["00.softmax"] == 0  # its cells never ran
-
-
-def test_fast_limits_are_sane():
-    assert FAST.cell_timeout < FAST.timeout
+    assert not processes_with(token), "a process the notebook started outlived its grading"

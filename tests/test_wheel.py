@@ -58,6 +58,7 @@ def installed(dist, tmp_path_factory):
     """(python, folder): the new environment's interpreter and a work folder outside the checkout."""
     env_dir = tmp_path_factory.mktemp("wheel-venv")
     venv.EnvBuilder(with_pip=False, clear=True).create(env_dir)
+    env_dir.chmod(0o755)  # as `python -m venv` leaves it (pytest makes 0700 folders): the sandbox's uid reads it
     python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=env_dir).stdout.strip()
     lent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}

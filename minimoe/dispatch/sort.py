@@ -220,7 +220,7 @@ def expert_ffn_gathered(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: to
         xs = x.repeat_interleave(k, dim=0)[:, None]  # (R, 1, d): token n's row for each of its k slots
         act = F.silu(torch.bmm(xs, w_gate[ids])) * torch.bmm(xs, w_up[ids])  # (R, 1, h)
         y = torch.bmm(act, w_down[ids])[:, 0].float()  # (R, d)
-    return (y * w).view(n, k, -1).sum(dim=1).to(x.dtype)  # (N, d), summed in fp32
+    return (y * w).view(n, k, x.shape[1]).sum(dim=1).to(x.dtype)  # (N, d), summed in fp32; N may be 0
 
 
 def expert_ffn_torch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, w_gate: torch.Tensor,

@@ -5,9 +5,12 @@ In a notebook::
     from minimoe.grading import check
     check("00.softmax")
 
-From the command line, ``minimoe grade`` runs each submission in an isolated kernel and the same
-checks in its own process (see ``minimoe.grading.grader``). ``minimoe.grading.release`` writes the
-student notebooks in ``exercises/`` from ``solutions/``.
+From the command line, ``minimoe grade`` runs each submission in a kernel in its own sandbox
+(``minimoe.grading.sandbox``, ``minimoe.grading.kernel``) and the same checks in its own process
+(``minimoe.grading.grader``), decoding what the kernel answers in a throwaway child
+(``minimoe.grading.decode``) and guarding the answer key (``minimoe.grading.guard``);
+``minimoe.grading.gradescope`` makes and runs the Gradescope autograder. ``minimoe.grading.release``
+writes the student notebooks in ``exercises/`` from ``solutions/``.
 """
 
 from minimoe.grading.feedback import CheckReport, Outcome, check, run_checks

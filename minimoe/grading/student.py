@@ -9,13 +9,20 @@ notebook shows the same verdicts as ``minimoe grade``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import sys
 from typing import Any
 
 import torch
 
+from minimoe.grading.guard import Tripped, guarded, tripped_names
 from minimoe.grading.registry import StudentError
+
+
+def used_reference_message(name: str, hits: list[str]) -> str:
+    return (f"`{name}` called {', '.join(dict.fromkeys(hits))}: that is the package's own answer to this "
+            "exercise; write it yourself")
 
 
 def plain(value: Any, what: str = "the result") -> Any:
@@ -53,11 +60,35 @@ def launch_kernel(kernel: Any, grid: Any, args: list | tuple, meta: dict) -> lis
     return [a.cpu() if isinstance(a, torch.Tensor) else a for a in moved]
 
 
+def _code_digest(code: Any, depth: int = 0) -> bytes:
+    """A digest of a code object that is the same in every process (no addresses, no file names)."""
+    h = hashlib.sha256(code.co_code + repr(code.co_names).encode() + repr(code.co_varnames).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            h.update(_code_digest(const, depth + 1) if depth < 20 else b"")
+        else:
+            h.update(repr(const).encode())
+    return h.digest()
+
+
 class LocalStudent:
     """Calls functions defined in a namespace: the notebook's own, for instant feedback."""
 
-    def __init__(self, namespace: dict[str, Any] | None = None):
+    def __init__(self, namespace: dict[str, Any] | None = None, protects: tuple[str, ...] = ()):
         self.namespace = namespace if namespace is not None else vars(sys.modules["__main__"])
+        self.protects = tuple(protects)
+
+    def for_check(self, ex: Any, chk: Any) -> "LocalStudent":
+        """The adapter for one check of ``ex``: its package references are guarded."""
+        return LocalStudent(self.namespace, ex.protects)
+
+    def fingerprint(self, names: tuple[str, ...]) -> bytes:
+        """A digest of the code of the functions ``names``: the seed key of ``check()``."""
+        h = hashlib.sha256()
+        for name in names:
+            code = getattr(self.namespace.get(name), "__code__", None)
+            h.update(name.encode() + b"\0" + (_code_digest(code) if code is not None else b""))
+        return h.digest()
 
     def _lookup(self, name: str) -> Any:
         if name not in self.namespace:
@@ -69,12 +100,21 @@ class LocalStudent:
         if not callable(fn):
             raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
         args, kwargs = copy.deepcopy((args, kwargs))
+        hits: list[str] = []
+        error = ""
         try:
-            out = fn(*args, **kwargs)
+            with guarded(self.protects) as hits:
+                out = fn(*args, **kwargs)
+        except Tripped:
+            pass
         except NotImplementedError:
-            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+            error = f"`{name}` is not written yet (it raises NotImplementedError)"
         except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
-            raise StudentError(f"`{name}` raised {type(e).__name__}: {e}") from None
+            error = f"`{name}` raised {type(e).__name__}: {e}"
+        if hits:
+            raise StudentError(used_reference_message(name, hits))
+        if error:
+            raise StudentError(error)
         return plain(out, f"what `{name}` returned")
 
     def value(self, name: str) -> Any:
@@ -87,20 +127,40 @@ class LocalStudent:
         if not callable(fn):
             raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
         args_per_rank = copy.deepcopy(args_per_rank)
+        hits: list[str] = []
+        error = ""
         try:
-            out = call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S)
+            with guarded(self.protects) as hits:  # forked ranks inherit the traps
+                out = call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S)
+        except Tripped:
+            pass
         except NotImplementedError:
-            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+            error = f"`{name}` is not written yet (it raises NotImplementedError)"
         except (DistributedError, RuntimeError) as e:
-            raise StudentError(f"`{name}` on {world} ranks: {e}") from None
+            error = f"`{name}` on {world} ranks: {e}"
+            hits += [n for n in tripped_names(str(e)) if n not in hits]  # a rank tripped the guard
+        if hits:
+            raise StudentError(used_reference_message(name, hits))
+        if error:
+            raise StudentError(error)
         return plain(out, f"what `{name}` returned on {world} ranks")
+
     def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
         kernel = self._lookup(name)
         args, meta = copy.deepcopy((args, meta))
+        hits: list[str] = []
+        error = ""
         try:
-            out = launch_kernel(kernel, grid, args, meta)
+            with guarded(self.protects) as hits:
+                out = launch_kernel(kernel, grid, args, meta)
+        except Tripped:
+            pass
         except NotImplementedError:
-            raise StudentError(f"`{name}` is not written yet (it raises NotImplementedError)") from None
+            error = f"`{name}` is not written yet (it raises NotImplementedError)"
         except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
-            raise StudentError(f"`{name}` raised {type(e).__name__}: {e}"[:500]) from None
+            error = f"`{name}` raised {type(e).__name__}: {e}"[:500]
+        if hits:
+            raise StudentError(used_reference_message(name, hits))
+        if error:
+            raise StudentError(error)
         return plain(out, f"what `{name}` wrote")

@@ -23,6 +23,7 @@ block (or which expert layer) holds what at the peak.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any, Iterable
 
@@ -142,10 +143,17 @@ class MemoryProfiler:
         if self._done:
             raise RuntimeError("MemoryProfiler: this profiler has run already; make a new one for a new region")
         MemoryProfiler._active = self
+        # Tensors in reference cycles die when the cycle collector runs, at moments that differ from
+        # run to run; collect them now and hold the collector off, so the numbers repeat exactly.
+        gc.collect()
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             self._start()
         except BaseException:
             MemoryProfiler._active = None
+            if self._gc_was_enabled:
+                gc.enable()
             raise
         return self
 
@@ -182,6 +190,8 @@ class MemoryProfiler:
 
     def __exit__(self, *exc) -> None:
         try:
+            if getattr(self, "_gc_was_enabled", False):
+                gc.enable()
             self.tracker.__exit__(*exc)
             self.seconds = time.perf_counter() - self._t0
             self._saved_hooks.__exit__(*exc)

@@ -12,6 +12,7 @@ block = exercise(
     "01.block_params",
     "count one transformer block's parameters by hand",
     functions=("count_block_params",),
+    protects=("minimoe.recipe.count_params", "minimoe.recipe.attention_params", "minimoe.recipe.swiglu_params"),
 )
 
 
@@ -59,6 +60,7 @@ cost = exercise(
     "01.training_cost",
     "6·N·D and what it costs",
     functions=("training_cost",),
+    protects=("minimoe.recipe.training_cost", "minimoe.recipe.training_flops"),
 )
 
 
@@ -100,6 +102,7 @@ mfu = exercise(
     "01.implied_mfu",
     "the model-FLOPs utilization a reported bill implies",
     functions=("implied_mfu",),
+    protects=("minimoe.recipe.implied_mfu",),
 )
 
 
@@ -126,6 +129,7 @@ moe = exercise(
     "01.moe_params",
     "an MoE block's total and activated parameters",
     functions=("moe_block_params",),
+    protects=("minimoe.recipe.count_params", "minimoe.recipe.swiglu_params", "minimoe.recipe.attention_params"),
 )
 
 

@@ -131,6 +131,7 @@ add_cot = exercise(
     "02.add_cot",
     "chain-of-thought addition, digit by digit with carries",
     functions=("add_cot",),
+    protects=("minimoe.data.arithmetic.add_cot_completion", "minimoe.data.arithmetic.make_arithmetic"),
 )
 
 
@@ -202,6 +203,7 @@ split = exercise(
     "02.split",
     "a train / validation / test split with no problem in two splits",
     functions=("split_by_problem",),
+    protects=("minimoe.data.mixture.split_index", "minimoe.data.mixture.problem_hash", "minimoe.data.mixture._split_index"),
 )
 
 

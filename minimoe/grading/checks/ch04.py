@@ -49,7 +49,8 @@ def _compare_forward(student: Student, layer: MoELayer, weights: dict, x: torch.
     expect_close(got, _reference(layer, x, token_mask), what)
 
 
-moe = exercise("04.moe_forward", "the MoE layer's forward from its weights", functions=("moe_forward",))
+moe = exercise("04.moe_forward", "the MoE layer's forward from its weights", functions=("moe_forward",),
+          protects=("minimoe.moe.layer.MoELayer.forward", "minimoe.dispatch.backends.expert_ffn", "minimoe.dispatch.sort.expert_ffn_torch", "minimoe.dispatch.sort.expert_ffn_gathered", "minimoe.dispatch.reference.expert_ffn_loop"))
 
 
 @moe.check("routed experts: route, dispatch, combine", points=3,

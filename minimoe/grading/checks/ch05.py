@@ -59,7 +59,8 @@ def _compare_capacity(student: Student, idx: torch.Tensor, e: int, factor: float
                              f"{'kept' if want_keep[token, slot] else 'dropped'}")
 
 
-capacity = exercise("05.capacity", "capacity and token dropping", functions=("capacity_keep_mask",))
+capacity = exercise("05.capacity", "capacity and token dropping", functions=("capacity_keep_mask",),
+               protects=("minimoe.moe.capacity.capacity_keep", "minimoe.moe.capacity.expert_capacity"))
 
 
 @capacity.check("each expert keeps its first C assignments, slot 0 of every token first", points=3,
@@ -111,7 +112,8 @@ def _compare_seq(student: Student, scores, idx, b: int, mask, what: str) -> None
     expect_close(got, sequence_balance_loss(scores, idx, b, mask), what)
 
 
-seq = exercise("05.seq_loss", "DeepSeek-V3's sequence-wise balance loss", functions=("seq_balance_loss",))
+seq = exercise("05.seq_loss", "DeepSeek-V3's sequence-wise balance loss", functions=("seq_balance_loss",),
+               protects=("minimoe.moe.balance.sequence_balance_loss",))
 
 
 @seq.check("one sequence: Σ f_i · P_i with V3's f and P", points=2,

@@ -10,7 +10,8 @@ from minimoe.grading.registry import Student, exercise, expect_close, expect_tup
 
 # --- 06.route: the permutation and the offsets -------------------------------------------------------
 
-perm = exercise("06.route", "the permutation and the offsets", functions=("permutation_and_offsets",))
+perm = exercise("06.route", "the permutation and the offsets", functions=("permutation_and_offsets",),
+                protects=("minimoe.dispatch.sort.route", "minimoe.dispatch.sort.sort_keys"))
 
 
 def _routing(rng: torch.Generator, n: int, e: int, k: int, routing: str = "random") -> torch.Tensor:
@@ -65,7 +66,8 @@ def _perm_edges(student: Student, rng: torch.Generator) -> None:
 
 # --- 06.combine: weight and add back -------------------------------------------------------------------
 
-comb = exercise("06.combine", "the combine", functions=("combine_rows",))
+comb = exercise("06.combine", "the combine", functions=("combine_rows",),
+                protects=("minimoe.dispatch.sort.combine",))
 
 
 def _combine_case(rng: torch.Generator, n: int, e: int, k: int, d: int, dtype=torch.float32, routing="random"):

@@ -13,7 +13,7 @@ from minimoe.profiler import estimate_memory
 from minimoe.profiler.sharding import MIXED, state_per_gpu
 
 state = exercise("07.training_bytes", "parameters, gradients and Adam state, to the byte",
-                 functions=("training_bytes",))
+                 functions=("training_bytes",), protects=("minimoe.profiler.estimate.estimate_memory", "minimoe.profiler.estimate.n_param_tensors"))
 
 
 def _rand(rng: torch.Generator, lo: int, hi: int) -> int:
@@ -133,7 +133,8 @@ def _peak_where(student: Student, rng: torch.Generator) -> None:
         expect_equal(tuple(got), _peak_reference(events), f"activation_peak({events if len(events) < 6 else '...'})")
 
 
-ckpt = exercise("07.checkpoint_saving", "predict what checkpointing saves", functions=("activation_bytes",))
+ckpt = exercise("07.checkpoint_saving", "predict what checkpointing saves", functions=("activation_bytes",),
+    protects=("minimoe.profiler.estimate.estimate_memory",))
 
 
 def _expect_activations(student: Student, rng: torch.Generator, checkpointing: bool) -> None:
@@ -160,7 +161,8 @@ def _ckpt_on(student: Student, rng: torch.Generator) -> None:
     _expect_activations(student, rng, True)
 
 
-sharded = exercise("07.sharded_bytes", "bytes per GPU under ZeRO and expert parallelism", functions=("bytes_per_gpu",))
+sharded = exercise("07.sharded_bytes", "bytes per GPU under ZeRO and expert parallelism", functions=("bytes_per_gpu",),
+                   protects=("minimoe.profiler.sharding.sharded_memory", "minimoe.profiler.sharding.state_per_gpu"))
 
 
 def _expect_sharded(student: Student, dense: int, expert: int, world: int, zero: int, ep: int) -> None:

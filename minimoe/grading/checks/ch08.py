@@ -23,7 +23,8 @@ def _int(rng: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
 
-kv = exercise("08.kv_bytes", "KV-cache bytes per token", functions=("kv_bytes_per_token",))
+kv = exercise("08.kv_bytes", "KV-cache bytes per token", functions=("kv_bytes_per_token",),
+    protects=("minimoe.recipe.kv_bytes_per_token", "minimoe.recipe.kv_elements_per_token"))
 
 
 def _random_config(rng: torch.Generator, attention: str) -> dict:
@@ -68,7 +69,8 @@ def _kv_mla(student: Student, rng: torch.Generator) -> None:
     _check_kv(student, rng, "mla")
 
 
-latent = exercise("08.expand_latent", "MLA's up-projection of the latent", functions=("expand_latent",))
+latent = exercise("08.expand_latent", "MLA's up-projection of the latent", functions=("expand_latent",),
+    protects=("minimoe.model.latent.LatentAttention.up_projections",))
 
 
 def _expand_reference(c_kv, w_ukv, n_heads, d_nope, d_v):
@@ -104,7 +106,8 @@ def _latent_values(student: Student, rng: torch.Generator) -> None:
         expect_close(v, _expand_reference(*case)[1], "v")
 
 
-cache = exercise("08.cache_update", "writing to a KV cache", functions=("cache_update",))
+cache = exercise("08.cache_update", "writing to a KV cache", functions=("cache_update",),
+    protects=("minimoe.model.cache.KVCache.update",))
 
 
 @cache.check("writes the new positions after the filled ones", points=2,

@@ -25,7 +25,8 @@ def _int(rng: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
 
-counts = exercise("09.send_counts", "the send counts of an all-to-all", functions=("send_counts",))
+counts = exercise("09.send_counts", "the send counts of an all-to-all", functions=("send_counts",),
+    protects=("minimoe.parallel.exchange_plan",))
 
 
 def _routing(rng: torch.Generator, world: int, per_rank: int, k: int, n: int) -> torch.Tensor:
@@ -59,7 +60,8 @@ def _as_list(x):
     return x.tolist() if isinstance(x, torch.Tensor) else x
 
 
-local = exercise("09.local_dispatch", "the local dispatch after receipt", functions=("local_dispatch",))
+local = exercise("09.local_dispatch", "the local dispatch after receipt", functions=("local_dispatch",),
+    protects=("minimoe.dispatch.backends.expert_ffn", "minimoe.dispatch.reference.expert_ffn_loop", "minimoe.dispatch.sort.expert_ffn_torch"))
 
 
 def _received(rng: torch.Generator, pad: bool):
@@ -97,7 +99,8 @@ def _local_padding(student: Student, rng: torch.Generator) -> None:
                      f"local_dispatch with {int((ids < 0).sum())} padded slots and {x.shape[0]} rows")
 
 
-exchange = exercise("09.all_to_all", "the differentiable all-to-all", functions=("all_to_all",))
+exchange = exercise("09.all_to_all", "the differentiable all-to-all", functions=("all_to_all",),
+                    protects=("minimoe.parallel.all_to_all",))
 
 
 def _exchange_case(rng: torch.Generator, world: int, row_shape: tuple[int, ...], empty_rank: int | None = None):

@@ -12,7 +12,8 @@ from minimoe.generate import generate
 from minimoe.grading.registry import Student, exercise, expect_equal, expect_number, expect_tuple
 from minimoe.model import build_model
 
-decode = exercise("10.greedy_cache", "greedy decoding with a KV cache", functions=("greedy_decode",))
+decode = exercise("10.greedy_cache", "greedy decoding with a KV cache", functions=("greedy_decode",),
+    protects=("minimoe.generate.generate",))
 
 _CFG = ModelConfig(name="exercise", vocab_size=30, d_model=32, n_layers=2, n_heads=2, ffn_hidden=48, max_seq_len=64)
 
@@ -51,7 +52,8 @@ def _decode_work(student: Student, rng: torch.Generator) -> None:
                      f"positions processed for a prompt of {len(case[2])} and {case[3]} new tokens")
 
 
-cost = exercise("10.answer_cost", "what an answer costs", functions=("answer_cost",))
+cost = exercise("10.answer_cost", "what an answer costs", functions=("answer_cost",),
+    protects=("minimoe.recipe.answer_cost", "minimoe.recipe.inference_flops_per_token"))
 
 
 @cost.check("FLOPs and dollars per answer", points=2,
