@@ -14,17 +14,26 @@ import sys
 import time
 from pathlib import Path
 
+import os
+
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-from minimoe.grading.kernel import SandboxedKernelManager
+
+class ThisPythonKernel(AsyncKernelManager):
+    """A kernel of this very Python (the .venv's), whatever kernelspecs the machine has."""
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return [sys.executable, "-m", "ipykernel_launcher", "-f", os.path.realpath(self.connection_file),
+                *(extra_arguments or [])]
 
 
 def execute_in_place(path: Path, cell_timeout: int = 300) -> float:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
-        km=SandboxedKernelManager(kernel_name="python3"),
+        km=ThisPythonKernel(kernel_name="python3"),
         timeout=cell_timeout,
         record_timing=False,
         resources={"metadata": {"path": str(path.parent.resolve())}},
