@@ -3,6 +3,9 @@
 With the cache, the prompt is run once and each new token costs one position's work; without it,
 every step runs the whole sequence again. Greedy decoding gives the same tokens either way (a test
 holds it to that); ``benchmarks/bench_generate.py`` measures the speed-up.
+
+Test-time compute (chapter 10): ``sample_answers`` draws several answers per prompt and
+``majority_vote`` / ``vote_accuracy`` keep the most common final answer, which buys accuracy with tokens.
 """
 
 from __future__ import annotations
@@ -164,3 +167,50 @@ def summarize(answers: list[Answer], by: str = "difficulty") -> dict:
                 "seconds": sum(a.seconds for a in items) / n}
 
     return {"all": stats(answers), **{k: stats(v) for k, v in sorted(groups.items())}}
+
+
+# --- test-time compute: sample several answers, keep the most common ---------------------------------
+
+def majority_vote(answers: list[str]) -> str:
+    """The most common of ``answers``; a tie goes to the answer that came first (self-consistency,
+    Wang et al. 2022, arXiv 2203.11171: sample several chains of thought, keep the most common final answer)."""
+    if isinstance(answers, str) or not answers or not all(isinstance(a, str) for a in answers):
+        raise ValueError("answers: need a non-empty list of strings")
+    counts: dict[str, int] = {}
+    for a in answers:
+        counts[a] = counts.get(a, 0) + 1
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+def vote_accuracy(answers: list[list[str]], truths: list[str], n: int) -> float:
+    """How often a majority vote over ``n`` sampled answers is right.
+
+    ``answers[i]`` holds the m sampled final answers to problem i, ``truths[i]`` its right answer.
+    Each problem's m samples make m // n disjoint votes of n; the result is the mean over every vote
+    of every problem, so that n = 1 is the plain accuracy of one sample and every n uses all samples.
+    """
+    if len(answers) != len(truths) or not answers:
+        raise ValueError(f"answers, truths: got {len(answers)} and {len(truths)}, need the same number >= 1")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: got {n!r}, need an int >= 1")
+    m = min(len(a) for a in answers)
+    if n > m:
+        raise ValueError(f"n: got {n}, but some problem has only {m} sampled answers")
+    right = total = 0
+    for samples, truth in zip(answers, truths):
+        for g in range(m // n):
+            right += majority_vote(list(samples[g * n:(g + 1) * n])) == truth
+            total += 1
+    return right / total
+
+
+def sample_answers(model: Transformer, prompts: list[str], n: int, temperature: float = 1.0, seed: int = 0,
+                   max_new_tokens: int = 120, tokenizer=None) -> list[list[str]]:
+    """``n`` completions per prompt, sampled at ``temperature`` (seeded): a list of n strings per prompt."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: got {n!r}, need an int >= 1")
+    if not temperature > 0:
+        raise ValueError(f"temperature: got {temperature!r}, need > 0 (0 would give n copies of the greedy answer)")
+    flat = complete(model, [p for p in prompts for _ in range(n)], tokenizer, max_new_tokens, temperature, seed)
+    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]

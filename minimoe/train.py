@@ -81,19 +81,22 @@ class SampleBatches:
 def mixture_batches(n_train: int = 20000, n_val: int = 512, batch_size: int = 16, seed: int = 0,
                     weights: dict[str, float] | None = None, score: str = "answer",
                     signed: float = 0.0, signer: str = "TeacherBot", pack: bool = True,
-                    seq_len: int = 256) -> SampleBatches:
+                    seq_len: int = 256, data_seed: int | None = None) -> SampleBatches:
     """Chapter 02's mixture, split by problem, as a batch source (packed rows of ``seq_len`` by default).
 
     ``signed``: the fraction of training answers a "teacher" signs (``-- answered by {signer}``),
     for chapter 10's identity experiment; validation answers stay unsigned.
+    ``data_seed``: the seed of the problems and of their split (default: ``seed``); with it, ``seed``
+    sets only the order of the batches, so runs of several seeds share one training and validation set.
     """
     from minimoe.data import Mixture, sign_answers
 
-    mix = Mixture(weights, seed=seed)
+    mix = Mixture(weights, seed=seed if data_seed is None else data_seed)
     train = mix.sample(n_train, "train")
     if signed:
         train = sign_answers(train, signer=signer, fraction=signed, seed=seed)
-    info = {"kind": "mixture", "mixture": dict(mix.weights), "signed": signed, "signer": signer if signed else ""}
+    info = {"kind": "mixture", "mixture": dict(mix.weights), "signed": signed, "signer": signer if signed else "",
+            "data_seed": mix.seed}
     return SampleBatches(train, mix.sample(n_val, "val"), batch_size, seed, score, info=info, pack=pack,
                          seq_len=seq_len)
 
