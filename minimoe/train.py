@@ -262,6 +262,8 @@ def load_model(path: str | Path, ffn_factory: FFNFactory = default_ffn, dtype: t
 class Trainer:
     """Train ``model`` on ``data`` for ``config.steps`` steps, logging to ``out_dir`` if given."""
 
+    plot_loss: bool = True  # draw loss.png in out_dir at the end of fit()
+
     def __init__(self, model: Transformer, data: BatchSource, config: TrainConfig = TrainConfig(),
                  out_dir: str | Path | None = None, progress: bool = True, device: str | torch.device = "cpu",
                  dispatch: str | None = None):
@@ -405,7 +407,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-        if self.out is not None:
+        if self.out is not None and self.plot_loss:
             plot_metrics(self.metrics, self.out / "loss.png")
         return self.metrics
 

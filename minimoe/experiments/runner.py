@@ -104,6 +104,8 @@ class RecordingTrainer(Trainer):
     are written to ``weights-STEP.pt`` (fp16) in the run folder.
     """
 
+    plot_loss = False  # the record holds the curves; no loss.png per run
+
     def __init__(self, *args, load_every: int = 100, keep: tuple[int, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(load_every, int) or isinstance(load_every, bool) or load_every < 1:
