@@ -8,7 +8,8 @@ An experiment (chapter 05's dense against MoE, chapter 10's thinking against ans
     OUT/runs/NAME/metrics.jsonl   one line per step (the Trainer's), plus the recorder's columns
     OUT/runs/NAME/recorder.json   the load history so far (for resuming)
     OUT/runs/NAME/record.json     written last: the run is finished, and is skipped from then on
-    OUT/runs/NAME/weights.pt      the final weights in fp16 (and weights-STEP.pt for kept steps)
+    OUT/runs/NAME/weights.pt      the final weights in fp16 (and weights-STEP.pt for kept steps): the
+                                  evaluation at the end of the run loads these, as a notebook would
     OUT/summary.json              what the notebook plots, made from every record
 
 A run stopped anywhere (a crash, Ctrl-C, a killed machine) resumes from its last checkpoint with the
@@ -260,10 +261,14 @@ def train_run(experiment: Experiment, run: Run, folder: str | Path, device: str 
     if stop_after is not None and trainer.step < run.train.steps:
         return None
     train_s = time.time() - started
-    model = model.cpu().eval()
-    evaluations = {str(run.train.steps): experiment.evaluate(run, model)}
-    for step in run.keep:
-        kept, _ = load_model(folder / f"weights-{step}.pt")
+    # The weights as shipped (fp16) are the ones evaluated, so a notebook that loads them can check the record.
+    save_checkpoint(folder / "weights.pt", model, None, trainer.step, run.train, data.describe(),
+                    weights_dtype=torch.float16, extra={"metrics": [{k: m[k] for k in ("step", "ce", "val_ce") if k in m}
+                                                                   for m in trainer.metrics],
+                                                        "run": run.name, "command": command})
+    evaluations = {}
+    for step in (*run.keep, run.train.steps):
+        kept, _ = load_model(folder / ("weights.pt" if step == run.train.steps else f"weights-{step}.pt"))
         evaluations[str(step)] = experiment.evaluate(run, kept.eval())
     counts = recipe.count_params(run.model)
     curve = [{k: m[k] for k in CURVE_KEYS if k in m} | {k: v for k, v in m.items() if k.startswith("ffn/")}
@@ -278,10 +283,6 @@ def train_run(experiment: Experiment, run: Run, folder: str | Path, device: str 
         "elapsed_s": trainer.metrics[-1]["elapsed_s"], "cpu_s": trainer.metrics[-1]["cpu_s"],
         "curve": curve, "load_history": trainer.load_history, "evaluations": evaluations,
     })
-    save_checkpoint(folder / "weights.pt", model, None, trainer.step, run.train, data.describe(),
-                    weights_dtype=torch.float16, extra={"metrics": [{k: m[k] for k in ("step", "ce", "val_ce") if k in m}
-                                                                   for m in trainer.metrics],
-                                                        "run": run.name, "command": command})
     _write_json(record_path, record)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the optimizer state is no longer needed
     return record
