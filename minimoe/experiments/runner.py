@@ -157,8 +157,8 @@ class RecordingTrainer(Trainer):
         if done % self.load_every == 0 and self._loads:
             self.load_history.append({
                 "step": done,
-                "load": {i: torch.stack(v).mean(0).tolist() for i, v in self._loads.items()},  # (E,) per layer
-                "bias": {i: b.ffn.router.bias.tolist() for i, b in enumerate(self.model.blocks)
+                "load": {str(i): torch.stack(v).mean(0).tolist() for i, v in self._loads.items()},  # (E,) per layer
+                "bias": {str(i): b.ffn.router.bias.tolist() for i, b in enumerate(self.model.blocks)
                          if isinstance(b.ffn, MoELayer) and b.ffn.router.uses_bias}})
             self._loads.clear()
         if done in self.keep and self.out is not None:
@@ -285,7 +285,7 @@ def train_run(experiment: Experiment, run: Run, folder: str | Path, device: str 
     })
     _write_json(record_path, record)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the optimizer state is no longer needed
-    return record
+    return json.loads(record_path.read_text())  # as any later reader sees it (JSON: layer keys are strings)
 
 
 def _work(experiment_name: str, run: Run, folder: str, device: str, threads: int, command: str) -> str:
