@@ -84,6 +84,9 @@ def settings(quick: bool = False) -> dict[str, ModelConfig]:
     return out
 
 
+# The dense run each search setting is measured against (same steps and learning rate); others: "dense".
+BASELINES = {"moe-switch-2x": "dense-2x", "moe-switch-lr1e-2": "dense-lr1e-2"}
+
 MAIN_ORDER = ("dense", "dense-total", "moe-none", "moe-switch", "moe-sigmoid", "moe-sigmoid-bias", "moe-fine")
 
 
@@ -219,13 +222,13 @@ def summarize(records: list[dict]) -> dict:
         by_setting.setdefault(r["setting"], []).append(r)
     for rs in by_setting.values():
         rs.sort(key=lambda r: r["seed"])
-    dense = {r["seed"]: r for r in by_setting.get("dense", [])}
     out: dict = {"settings": {}, "domains": list(DOMAINS)}
     for name, rs in by_setting.items():
         final = [r["evaluations"][str(r["train_config"]["steps"])] for r in rs]
         val = [[(m["step"] + 1, m["val_ce"]) for m in r["curve"] if "val_ce" in m] for r in rs]
         entry = {
             "group": rs[0]["group"], "seeds": [r["seed"] for r in rs], "model_config": rs[0]["model_config"],
+            "problems_per_domain": final[0]["problems_per_domain"],
             "params": rs[0]["params"], "train_config": rs[0]["train_config"],
             "curves": [{"step": [m["step"] + 1 for m in r["curve"] if "val_ce" in m],
                         "val_ce": [m["val_ce"] for m in r["curve"] if "val_ce" in m],
@@ -240,16 +243,19 @@ def summarize(records: list[dict]) -> dict:
             "accuracy": _mean_std([sum(f["accuracy_by_domain"].values()) / len(DOMAINS) for f in final]),
         }
         # Steps to reach the dense run's final validation loss (same seed), as a ratio of dense's steps.
+        baseline = BASELINES.get(name, "dense")
+        dense = {r["seed"]: r for r in by_setting.get(baseline, [])}
         reach = []
         for r, v in zip(rs, val):
             d = dense.get(r["seed"])
-            if d is None or name == "dense":
+            if d is None or name == baseline or name in BASELINES.values():
                 continue
             d_val = [(m["step"] + 1, m["val_ce"]) for m in d["curve"] if "val_ce" in m]
             target, d_steps = d_val[-1][1], d_val[-1][0]
             step = _interp_reach(v, target)
             reach.append({"seed": r["seed"], "target": target, "steps": step,
                           "ratio": None if step is None else step / d_steps})
+        entry["baseline"] = baseline
         entry["reach_dense"] = reach
         ratios = [x["ratio"] for x in reach if x["ratio"] is not None]
         entry["reach_ratio"] = _mean_std(ratios) | {"not_reached": len(reach) - len(ratios)} if ratios else \
@@ -294,4 +300,4 @@ def _specialisation(final: list[dict]) -> dict:
 
 
 EXPERIMENT = Experiment("ch05", "dense against mixture-of-experts at equal activated FLOPs", runs, evaluate,
-                        summarize, default_seeds=3)
+                        summarize, default_seeds=3, ship={"ch05-moe": "moe-switch-s0"})
