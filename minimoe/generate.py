@@ -214,3 +214,30 @@ def sample_answers(model: Transformer, prompts: list[str], n: int, temperature: 
         raise ValueError(f"temperature: got {temperature!r}, need > 0 (0 would give n copies of the greedy answer)")
     flat = complete(model, [p for p in prompts for _ in range(n)], tokenizer, max_new_tokens, temperature, seed)
     return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def seconds_per_token(model: Transformer, batch: int = 1, prompt: int = 16, new: int = 16, seed: int = 0) -> float:
+    """Measured wall time of one decoding step with the cache: ``batch`` sequences each adding a token
+    after a random ``prompt``, averaged over ``new`` steps (the prompt's own pass is not timed)."""
+    for name, value in (("batch", batch), ("prompt", prompt), ("new", new)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: got {value!r}, need an int >= 1")
+    if prompt + new > model.cfg.max_seq_len:
+        raise ValueError(f"prompt + new: got {prompt + new}, need at most the model's {model.cfg.max_seq_len} positions")
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=g).to(device)
+        cache = model.new_cache(batch, prompt + new)
+        nxt = model(tokens, cache=cache).logits[:, -1:].argmax(-1)  # (B, 1)
+        start = time.perf_counter()
+        for _ in range(new):
+            nxt = model(nxt, cache=cache).logits[:, -1:].argmax(-1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / new
+    finally:
+        model.train(was_training)

@@ -258,3 +258,14 @@ def test_flattening_and_reach_on_made_up_curves():
     assert f["first_flat_step"] == 400  # 1.3955 (at 360) -> 1.39: under 1%
     assert ch05._interp_reach(val, 1.45) == pytest.approx(250)
     assert ch05._interp_reach(val, 1.0) is None
+
+
+def test_seconds_per_token_times_decoding_and_checks_its_arguments():
+    model = build_model(ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=32))
+    from minimoe.generate import seconds_per_token
+
+    assert seconds_per_token(model, batch=2, prompt=4, new=3) > 0
+    with pytest.raises(ValueError, match="batch"):
+        seconds_per_token(model, batch=0)
+    with pytest.raises(ValueError, match="at most the model's 32"):
+        seconds_per_token(model, prompt=30, new=8)
