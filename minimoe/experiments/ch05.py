@@ -292,9 +292,10 @@ def _specialisation(final: list[dict]) -> dict:
             others.append(sum(rise[a][d] for d in DOMAINS if d != a) / (len(DOMAINS) - 1))
         for c in f["control"]:
             random_rise.append(sum(c[d] - base[d] for d in DOMAINS) / len(DOMAINS))
+    diff = _mean_std([o - x for o, x in zip(own, others)])  # paired: one per (seed, domain)
+    diff["se"] = diff["std"] / max(1, diff["n"]) ** 0.5
     return {"own_rise": _mean_std(own), "other_rise": _mean_std(others), "random_rise": _mean_std(random_rise),
-            "own_over_other": _mean_std([o / max(x, 1e-6) for o, x in zip(own, others)]),
-            "rise_table": table}
+            "own_minus_other": diff, "rise_table": table}
 
 
 EXPERIMENT = Experiment("ch05", "dense against mixture-of-experts at equal activated FLOPs", runs, evaluate,
