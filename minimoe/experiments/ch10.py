@@ -53,7 +53,7 @@ def runs(quick: bool = False, seeds: int = 1) -> list[Run]:
     """``cot`` and ``direct`` for each seed; ``direct`` trains to ``cot``'s supervised tokens, keeping its
     weights at ``cot``'s step count (equal FLOPs)."""
     model = QUICK_MODEL if quick else MODEL
-    steps = 6 if quick else 1200
+    steps = 6 if quick else 2400  # at 1,200 the chain-of-thought model still improved 15% in its last tenth
     ratio = scored_per_row(tuple(COT.items())) / scored_per_row(tuple(DIRECT.items()))
     every = 3 if quick else 50
     direct_steps = max(steps + every, round(steps * ratio / every) * every)
