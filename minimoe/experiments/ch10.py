@@ -66,6 +66,8 @@ def runs(quick: bool = False, seeds: int = 1) -> list[Run]:
         return TrainConfig(steps=n, lr=3e-3, min_lr=3e-4, warmup=2 if quick else 100, eval_every=every,
                            checkpoint_every=3 if quick else 100)
 
+    # Problems enough that the chain-of-thought model reads each about twice and the direct one (more
+    # steps, more problems per row) about three times: both learn to compute, not to look up.
     def data(weights: dict, n_train: int) -> dict:
         return dict(n_train=300 if quick else n_train, n_val=32 if quick else 512, batch_size=2 if quick else 16,
                     weights=weights, data_seed=DATA_SEED)
@@ -75,7 +77,7 @@ def runs(quick: bool = False, seeds: int = 1) -> list[Run]:
         out.append(Run(f"cot-s{seed}", "cot", seed, model.with_(name="cot"), train(steps), data(COT, 100_000),
                        load_every=every, evaluation=evaluation | {"form": "cot"}))
         out.append(Run(f"direct-s{seed}", "direct", seed, model.with_(name="direct"), train(direct_steps),
-                       data(DIRECT, 300_000), keep=(steps,), load_every=every,
+                       data(DIRECT, 800_000), keep=(steps,), load_every=every,
                        evaluation=evaluation | {"form": "direct", "supervised_ratio": ratio}))
     return out
 
