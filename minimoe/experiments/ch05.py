@@ -116,8 +116,8 @@ def runs(quick: bool = False, seeds: int = 3) -> list[Run]:
     # The search for a setting where MoE needs <= 0.6x dense's steps: one seed each.
     more = s["moe-switch"].with_(name="ch05-moe-64x44", n_routed_experts=64)  # 4x the experts, same activated
     search = [
-        ("dense-lr1e-2", s["dense"], steps, 1e-2), ("moe-switch-lr1e-2", s["moe-switch"], steps, 1e-2),
         ("moe-64x44", more, steps, lr),  # four times the experts (and total parameters)
+        ("dense-lr1e-2", s["dense"], steps, 1e-2), ("moe-switch-lr1e-2", s["moe-switch"], steps, 1e-2),
     ]
     for name, cfg, n_steps, rate in search:
         out.append(Run(f"{name}-s0", name, 0, cfg, _train(n_steps, rate, quick), data, group="search",
