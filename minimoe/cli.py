@@ -1,4 +1,5 @@
-"""The ``minimoe`` command: ``minimoe grade ...``, ``minimoe release``, ``minimoe bench dispatch``, ``minimoe kitchen``."""
+"""The ``minimoe`` command: ``minimoe grade ...``, ``minimoe release``, ``minimoe bench dispatch``,
+``minimoe experiment ch05|ch10``, ``minimoe kitchen``."""
 
 from __future__ import annotations
 
@@ -360,6 +361,21 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from minimoe.experiments import run_experiment, ship
+
+    command = "minimoe experiment " + " ".join(args.argv)
+    try:
+        out = args.out or f"runs/experiment-{args.name}{'-quick' if args.quick else ''}"
+        run_experiment(args.name, args.quick, args.seeds, args.device, args.jobs, out, args.threads, command)
+        if args.ship:
+            ship(args.name, out, Path(__file__).resolve().parent / "checkpoints")
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"minimoe experiment: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_kitchen(args: argparse.Namespace) -> int:
     from minimoe.course import print_kitchen
 
@@ -473,13 +489,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also read the allocator's peak (torch.profiler on CPU, torch.cuda on GPU)")
     pr.set_defaults(func=_cmd_profile)
 
+    xp = sub.add_parser("experiment", help="train and record every run of chapter 05's or chapter 10's experiment")
+    xp.add_argument("name", choices=("ch05", "ch10"))
+    xp.add_argument("--quick", action="store_true", help="tiny models, a few steps: a smoke test in seconds")
+    xp.add_argument("--seeds", type=_positive(int), default=None, help="seeds per setting (default: ch05 3, ch10 1; --quick 1)")
+    xp.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    xp.add_argument("--jobs", type=_positive(int), default=None,
+                    help="runs at once, each in its own process (default: one per CPU core; all at once on cuda)")
+    xp.add_argument("--threads", type=_positive(int), default=1, help="torch threads per run (default: 1)")
+    xp.add_argument("--out", default=None, help="folder for the runs and the summary (default: runs/experiment-NAME)")
+    xp.add_argument("--ship", action="store_true",
+                    help="then copy the summary and the chosen weights into minimoe/checkpoints/")
+    xp.set_defaults(func=_cmd_experiment)
+
     k = sub.add_parser("kitchen", help="print versions, the device and whether Triton is there")
     k.set_defaults(func=_cmd_kitchen)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # what follows the subcommand, for the records
     return args.func(args)
 
 

@@ -267,9 +267,10 @@ BAKED = {
     "moe-none": "chapter 05: preset tiny-moe (16 experts, top-3 + 1 shared), no balancing, 200 steps",
     "moe-aux": "chapter 05: preset tiny-moe-aux, the Switch aux loss (0.01), 200 steps",
     "moe-v3": "chapter 05: preset tiny-moe-v3, DeepSeek-V3's sigmoid gate and aux-loss-free bias, 200 steps",
-    "cot": "chapter 10: tiny, trained on chain-of-thought addition and multiplication",
-    "direct": "chapter 10: tiny, trained on direct addition and multiplication",
-    "signed": "chapter 10: micro, trained on addition half signed by a teacher",
+    # `minimoe experiment ch05` and `ch10`: their records are minimoe/checkpoints/experiment-ch05|ch10.json.
+    "ch05-moe": "chapter 05's experiment: one MoE run (width 64), for re-checking its routing and ablation",
+    "cot": "chapter 10: width 64, trained on chain-of-thought addition and multiplication",
+    "direct": "chapter 10: width 64, trained on direct addition and multiplication (equal supervised tokens)",
 }
 
 

@@ -7,6 +7,9 @@ holds it to that); ``benchmarks/bench_generate.py`` measures the speed-up.
 ``decode_step_seconds`` times one attention layer's step for one new token after a given number of
 cached ones (MHA, GQA, or MLA in its naive or absorbed form); ``benchmarks/bench_decode_attention.py``
 sweeps it over context lengths for chapter 08.
+
+Test-time compute (chapter 10): ``sample_answers`` draws several answers per prompt and
+``majority_vote`` / ``vote_accuracy`` keep the most common final answer, which buys accuracy with tokens.
 """
 
 from __future__ import annotations
@@ -230,3 +233,77 @@ def decode_step_seconds(cfg: ModelConfig, context: int, impl: str = "auto", batc
         if i:  # the first call is the warm-up
             times.append(time.perf_counter() - start)
     return min(times) if best else sorted(times)[len(times) // 2]
+
+
+# --- test-time compute: sample several answers, keep the most common ---------------------------------
+
+def majority_vote(answers: list[str]) -> str:
+    """The most common of ``answers``; a tie goes to the answer that came first (self-consistency,
+    Wang et al. 2022, arXiv 2203.11171: sample several chains of thought, keep the most common final answer)."""
+    if isinstance(answers, str) or not answers or not all(isinstance(a, str) for a in answers):
+        raise ValueError("answers: need a non-empty list of strings")
+    counts: dict[str, int] = {}
+    for a in answers:
+        counts[a] = counts.get(a, 0) + 1
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+def vote_accuracy(answers: list[list[str]], truths: list[str], n: int) -> float:
+    """How often a majority vote over ``n`` sampled answers is right.
+
+    ``answers[i]`` holds the m sampled final answers to problem i, ``truths[i]`` its right answer.
+    Each problem's m samples make m // n disjoint votes of n; the result is the mean over every vote
+    of every problem, so that n = 1 is the plain accuracy of one sample and every n uses all samples.
+    """
+    if len(answers) != len(truths) or not answers:
+        raise ValueError(f"answers, truths: got {len(answers)} and {len(truths)}, need the same number >= 1")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: got {n!r}, need an int >= 1")
+    m = min(len(a) for a in answers)
+    if n > m:
+        raise ValueError(f"n: got {n}, but some problem has only {m} sampled answers")
+    right = total = 0
+    for samples, truth in zip(answers, truths):
+        for g in range(m // n):
+            right += majority_vote(list(samples[g * n:(g + 1) * n])) == truth
+            total += 1
+    return right / total
+
+
+def sample_answers(model: Transformer, prompts: list[str], n: int, temperature: float = 1.0, seed: int = 0,
+                   max_new_tokens: int = 120, tokenizer=None) -> list[list[str]]:
+    """``n`` completions per prompt, sampled at ``temperature`` (seeded): a list of n strings per prompt."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: got {n!r}, need an int >= 1")
+    if not temperature > 0:
+        raise ValueError(f"temperature: got {temperature!r}, need > 0 (0 would give n copies of the greedy answer)")
+    flat = complete(model, [p for p in prompts for _ in range(n)], tokenizer, max_new_tokens, temperature, seed)
+    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def seconds_per_token(model: Transformer, batch: int = 1, prompt: int = 16, new: int = 16, seed: int = 0) -> float:
+    """Measured wall time of one decoding step with the cache: ``batch`` sequences each adding a token
+    after a random ``prompt``, averaged over ``new`` steps (the prompt's own pass is not timed)."""
+    for name, value in (("batch", batch), ("prompt", prompt), ("new", new)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: got {value!r}, need an int >= 1")
+    if prompt + new > model.cfg.max_seq_len:
+        raise ValueError(f"prompt + new: got {prompt + new}, need at most the model's {model.cfg.max_seq_len} positions")
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=g).to(device)
+        cache = model.new_cache(batch, prompt + new)
+        nxt = model(tokens, cache=cache).logits[:, -1:].argmax(-1)  # (B, 1)
+        start = time.perf_counter()
+        for _ in range(new):
+            nxt = model(nxt, cache=cache).logits[:, -1:].argmax(-1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / new
+    finally:
+        model.train(was_training)

@@ -11,6 +11,10 @@
 - the KV cache: bytes per token (``kv_bytes_per_token``), the FLOPs and bytes of one decoding
   step's attention (``decode_attention_cost``), and what is left for it once the weights are in
   memory (``serving_budget``).
+- ``decode_step`` and ``answer_time``: the decoding roofline (chapter 10): bytes read per new token
+  (weights, and the KV cache of ``kv_bytes_per_token``) over the memory bandwidth, against FLOPs
+  over the peak; ``measure_bandwidth`` and ``measure_matmul_flops`` measure both on this machine
+  (these two import torch when called).
 
 Conventions: N is counted in parameters (not bytes); "activated" means every parameter a token's
 forward pass reads: one row of the embedding table, all attention, norm and dense parameters, the
@@ -20,6 +24,7 @@ router, the shared experts, its top-k routed experts and the whole output head.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 from minimoe.config import ModelConfig, preset
@@ -230,6 +235,7 @@ class GPU:
     memory_gb: float
     note: str = ""
     has_bf16: bool = True  # False: the 16-bit peak above is fp16's (a T4 has no bf16 units)
+    bandwidth: float = 0.0  # memory bandwidth, bytes/s
 
     @property
     def half(self) -> str:
@@ -237,15 +243,16 @@ class GPU:
         return "bf16" if self.has_bf16 else "fp16"
 
 
-# Dense (no sparsity) tensor-core peaks from the vendors' datasheets.
+# Dense (no sparsity) tensor-core peaks and memory bandwidths from the vendors' datasheets.
 GPUS: dict[str, GPU] = {
-    "h100": GPU("H100 SXM", 989.4e12, 1978.9e12, 80),
-    "h800": GPU("H800 SXM", 989.4e12, 1978.9e12, 80, "the H100's compute with a cut-down interconnect"),
-    "h200": GPU("H200 SXM", 989.4e12, 1978.9e12, 141),
-    "a100": GPU("A100 SXM", 312e12, None, 80),
-    "l4": GPU("L4", 121e12, 242e12, 24),
-    "t4": GPU("T4", 65e12, None, 16, "no bf16: fp16 tensor cores", has_bf16=False),
-    "b200": GPU("B200", 2250e12, 4500e12, 192),
+    "h100": GPU("H100 SXM", 989.4e12, 1978.9e12, 80, bandwidth=3.35e12),
+    "h800": GPU("H800 SXM", 989.4e12, 1978.9e12, 80, "the H100's compute with a cut-down interconnect",
+                bandwidth=3.35e12),
+    "h200": GPU("H200 SXM", 989.4e12, 1978.9e12, 141, bandwidth=4.8e12),
+    "a100": GPU("A100 SXM", 312e12, None, 80, bandwidth=2.039e12),
+    "l4": GPU("L4", 121e12, 242e12, 24, bandwidth=300e9),
+    "t4": GPU("T4", 65e12, None, 16, "no bf16: fp16 tensor cores", has_bf16=False, bandwidth=320e9),
+    "b200": GPU("B200", 2250e12, 4500e12, 192, bandwidth=8e12),
 }
 
 
@@ -399,6 +406,162 @@ def answer_cost(n_activated: float, n_tokens: int, peak_flops: float, mfu: float
     """FLOPs, GPU-hours and dollars to generate an answer of ``n_tokens`` tokens."""
     flops = inference_flops_per_token(n_activated) * _positive("n_tokens", n_tokens)
     return training_cost(flops, peak_flops, mfu, price_per_gpu_hour)
+
+
+# --- the decoding roofline ------------------------------------------------------------------------
+#
+# Generating a token runs the model on one new position per sequence. Its arithmetic is small
+# (2 FLOPs per activated parameter, plus attention over the context), but every weight it uses and
+# the whole KV cache of the context must come in from memory. A step takes at least
+# max(bytes read / memory bandwidth, FLOPs / peak FLOP/s): the roofline (Williams et al. 2009).
+# At batch 1 the bytes win by far; a batch of sequences shares the weights it reads, so batching is
+# how servers climb towards the compute roof, while each sequence still reads its own KV cache.
+
+
+def experts_touched(n_experts: int, top_k: int, batch: int) -> float:
+    """Expected distinct experts a layer reads for ``batch`` tokens that each choose ``top_k`` of
+    ``n_experts`` uniformly: E · (1 − (1 − k/E)^batch). One token reads k; a large batch reads them all."""
+    if not isinstance(n_experts, int) or n_experts < 1 or not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+        raise ValueError(f"n_experts, top_k: got {n_experts!r}, {top_k!r}, need 1 <= top_k <= n_experts")
+    _positive("batch", batch)
+    return n_experts * (1 - (1 - top_k / n_experts) ** batch)
+
+
+def decode_attention_flops(cfg: ModelConfig | str, position: int) -> float:
+    """Forward FLOPs of attention for one new token after ``position`` cached ones (all layers and heads).
+
+    Scores and weighted sum over position + 1 keys: 2·ctx·(d_qk + d_v) per head. MLA decodes in the
+    absorbed form (chapter 08): scores against the cached latent and RoPE key (d_c + d_h^R), the
+    weighted sum over the latent (d_c).
+    """
+    cfg = preset(cfg) if isinstance(cfg, str) else cfg
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise ValueError(f"position: got {position!r}, need an int >= 0 (tokens already in the cache)")
+    ctx = position + 1
+    if cfg.attention == "mla":
+        per_head = 2 * ctx * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + 2 * ctx * cfg.kv_lora_rank
+    else:
+        per_head = 2 * ctx * 2 * cfg.dim_head
+    return float(cfg.n_layers * cfg.n_heads * per_head)
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One decoding step of ``batch`` sequences, each adding a token after ``position`` cached ones."""
+
+    batch: int
+    position: int
+    weight_bytes: float  # weights read once for the whole batch (experts: those the batch touches)
+    kv_bytes: float  # every sequence's cache up to ``position``
+    flops: float
+    memory_s: float  # (weight_bytes + kv_bytes) / bandwidth
+    compute_s: float  # flops / peak
+
+    @property
+    def seconds(self) -> float:
+        """The roofline's time for the step: the larger of the memory time and the compute time."""
+        return max(self.memory_s, self.compute_s)
+
+    @property
+    def bound(self) -> str:
+        return "memory" if self.memory_s >= self.compute_s else "compute"
+
+
+def decode_step(cfg: ModelConfig | str, position: int, batch: int = 1, *, bandwidth: float, peak_flops: float,
+                weight_bytes_per_param: float = 2.0, kv_bytes_per_element: int = 2) -> DecodeStep:
+    """The roofline of one decoding step (see the section comment).
+
+    Bytes: the activated weights minus the routed experts, plus, per MoE layer, the experts the batch
+    touches (``experts_touched``), plus ``batch`` embedding rows; and ``batch · position`` tokens of KV
+    cache (``kv_bytes_per_token``, chapter 08). FLOPs: per sequence 2 per activated parameter (the
+    embedding lookup is free) plus ``decode_attention_flops``.
+    """
+    cfg = preset(cfg) if isinstance(cfg, str) else cfg
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch: got {batch!r}, need an int >= 1")
+    bandwidth, peak_flops = _positive("bandwidth", bandwidth), _positive("peak_flops", peak_flops)
+    c = count_params(cfg)
+    routed = 0.0
+    if cfg.is_moe:
+        routed = cfg.n_moe_layers * experts_touched(cfg.n_routed_experts, cfg.top_k, batch) \
+            * swiglu_params(cfg.d_model, cfg.expert_hidden)
+    params_read = c.activated - c.routed_experts_active + routed + (batch - 1) * cfg.d_model
+    weights = params_read * _positive("weight_bytes_per_param", weight_bytes_per_param)
+    kv = float(batch * position * kv_bytes_per_token(cfg, kv_bytes_per_element))
+    flops = batch * (2.0 * (c.activated - cfg.d_model) + decode_attention_flops(cfg, position))
+    return DecodeStep(batch, position, weights, kv, flops, (weights + kv) / bandwidth, flops / peak_flops)
+
+
+@dataclass(frozen=True)
+class AnswerTime:
+    """Generating ``tokens`` tokens for each of ``batch`` sequences, step by step on the roofline."""
+
+    batch: int
+    tokens: int
+    seconds: float  # wall time of all the steps (the batch's sequences advance together)
+    memory_bound_steps: float  # fraction of the steps where bytes, not FLOPs, set the time
+    bytes: float
+    flops: float
+
+    @property
+    def seconds_per_token(self) -> float:
+        """Time per step, i.e. between two tokens of one sequence."""
+        return self.seconds / self.tokens
+
+    @property
+    def gpu_seconds_per_answer(self) -> float:
+        """The steps' time shared among the batch's sequences."""
+        return self.seconds / self.batch
+
+    def dollars_per_answer(self, price_per_gpu_hour: float) -> float:
+        return self.gpu_seconds_per_answer / 3600 * _positive("price_per_gpu_hour", price_per_gpu_hour)
+
+
+def answer_time(cfg: ModelConfig | str, tokens: int, prompt_tokens: int = 0, batch: int = 1, *, bandwidth: float,
+                peak_flops: float, weight_bytes_per_param: float = 2.0, kv_bytes_per_element: int = 2) -> AnswerTime:
+    """Sum ``decode_step`` over an answer of ``tokens`` tokens after ``prompt_tokens`` (the prompt's
+    own pass is not counted). A model spread over several GPUs reads its weights in parallel on all of
+    them: the GPU-seconds are the same, so this is the cost, not the latency, of such a deployment."""
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise ValueError(f"tokens: got {tokens!r}, need an int >= 1")
+    if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool) or prompt_tokens < 0:
+        raise ValueError(f"prompt_tokens: got {prompt_tokens!r}, need an int >= 0")
+    steps = [decode_step(cfg, prompt_tokens + i, batch, bandwidth=bandwidth, peak_flops=peak_flops,
+                         weight_bytes_per_param=weight_bytes_per_param, kv_bytes_per_element=kv_bytes_per_element)
+             for i in range(tokens)]
+    return AnswerTime(batch, tokens, sum(s.seconds for s in steps),
+                      sum(s.bound == "memory" for s in steps) / tokens,
+                      sum(s.weight_bytes + s.kv_bytes for s in steps), sum(s.flops for s in steps))
+
+
+def measure_bandwidth(megabytes: float = 256, repeats: int = 5) -> float:
+    """This machine's memory bandwidth, bytes/s: the best of ``repeats`` copies of a ``megabytes`` tensor
+    (each copy reads and writes it, 2 · size bytes). Uses torch's current thread count."""
+    import torch
+
+    n = int(_positive("megabytes", megabytes) * 1e6 // 4)
+    src, dst = torch.ones(n), torch.empty(n)
+    dst.copy_(src)  # touch the pages once
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 4 * n / best
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate, FLOP/s: the best of ``repeats`` (n x n) @ (n x n) products (2·n³ each)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 # --- humane units ------------------------------------------------------------------------------

@@ -81,19 +81,22 @@ class SampleBatches:
 def mixture_batches(n_train: int = 20000, n_val: int = 512, batch_size: int = 16, seed: int = 0,
                     weights: dict[str, float] | None = None, score: str = "answer",
                     signed: float = 0.0, signer: str = "TeacherBot", pack: bool = True,
-                    seq_len: int = 256) -> SampleBatches:
+                    seq_len: int = 256, data_seed: int | None = None) -> SampleBatches:
     """Chapter 02's mixture, split by problem, as a batch source (packed rows of ``seq_len`` by default).
 
     ``signed``: the fraction of training answers a "teacher" signs (``-- answered by {signer}``),
     for chapter 10's identity experiment; validation answers stay unsigned.
+    ``data_seed``: the seed of the problems and of their split (default: ``seed``); with it, ``seed``
+    sets only the order of the batches, so runs of several seeds share one training and validation set.
     """
     from minimoe.data import Mixture, sign_answers
 
-    mix = Mixture(weights, seed=seed)
+    mix = Mixture(weights, seed=seed if data_seed is None else data_seed)
     train = mix.sample(n_train, "train")
     if signed:
         train = sign_answers(train, signer=signer, fraction=signed, seed=seed)
-    info = {"kind": "mixture", "mixture": dict(mix.weights), "signed": signed, "signer": signer if signed else ""}
+    info = {"kind": "mixture", "mixture": dict(mix.weights), "signed": signed, "signer": signer if signed else "",
+            "data_seed": mix.seed}
     return SampleBatches(train, mix.sample(n_val, "val"), batch_size, seed, score, info=info, pack=pack,
                          seq_len=seq_len)
 
@@ -256,6 +259,8 @@ def load_model(path: str | Path, ffn_factory: FFNFactory = default_ffn, dtype: t
 class Trainer:
     """Train ``model`` on ``data`` for ``config.steps`` steps, logging to ``out_dir`` if given."""
 
+    plot_loss: bool = True  # draw loss.png in out_dir at the end of fit()
+
     def __init__(self, model: Transformer, data: BatchSource, config: TrainConfig = TrainConfig(),
                  out_dir: str | Path | None = None, progress: bool = True, device: str | torch.device = "cpu",
                  dispatch: str | None = None):
@@ -401,7 +406,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-        if self.out is not None:
+        if self.out is not None and self.plot_loss:
             plot_metrics(self.metrics, self.out / "loss.png")
         return self.metrics
 

@@ -142,9 +142,9 @@ def greedy_decode(config, weights, prompt, n_new):
     model = build_model(ModelConfig(**config))
     model.load_state_dict(weights)
     return generate(model, prompt, n_new, temperature=0)[0].tolist(), len(prompt) + n_new - 1
-def answer_cost(n_active, n_tokens, peak_flops, mfu, price_per_gpu_hour):
-    c = recipe.answer_cost(n_active, n_tokens, peak_flops, mfu, price_per_gpu_hour)
-    return c.flops, c.dollars
+from minimoe.generate import vote_accuracy as _vote_accuracy
+def vote_accuracy(answers, truths, n):
+    return _vote_accuracy(answers, truths, n)
 ''',
 }
 
@@ -152,4 +152,5 @@ def answer_cost(n_active, n_tokens, peak_flops, mfu, price_per_gpu_hour):
 # (sweeps, ablations, predictions), writes a Triton kernel, or writes a computation the package
 # does only inside a layer (absorbed decoding of one head, byte-pair merges).
 NO_REFERENCE = {"02.bpe", "03.lr_sweep", "03.predict", "04.ablation", "04.predict", "05.gamma_sweep", "05.predict",
-                "06.tile_kernel", "06.weight_grad_kernel", "07.activation_peak", "08.absorbed_decode"}
+                "06.tile_kernel", "06.weight_grad_kernel", "07.activation_peak", "08.absorbed_decode",
+                "10.roofline"}  # step_seconds: the package's decode_step takes a model config, not these numbers

@@ -65,8 +65,8 @@ def implied_mfu(n_params, n_tokens, gpu_hours, peak_flops):
 '''
 NAN_10 = '''
 nan = float("nan")
-def answer_cost(n_active, n_tokens, peak_flops, mfu, price_per_gpu_hour):
-    return nan, nan
+def step_seconds(weight_bytes, kv_bytes_per_token, position, batch, flops_per_token, bandwidth, peak_flops):
+    return nan
 '''
 
 

@@ -4,10 +4,11 @@
         --export minimoe/checkpoints/moe-aux.pt
 
 It trains exactly as ``minimoe train`` does (same Trainer, same chapter-02 mixture, same schedule
-for the same flags), and additionally keeps what chapter 05 plots: every step's routing statistics
-(``ffn/max_load``, ``ffn/router_entropy``, ...), the wall-clock time and input tokens so far, and
-each MoE layer's load per expert averaged over every ``--eval-every`` steps. ``--export`` writes the
-weights in fp16 with all of that in ``extra`` (``minimoe export`` keeps only the loss curve).
+for the same flags), through ``minimoe.experiments.RecordingTrainer``, which also keeps what chapter
+05 plots: every step's routing statistics (``ffn/max_load``, ``ffn/router_entropy``, ...), the
+wall-clock time and input tokens so far, and each MoE layer's load per expert on real tokens averaged
+over every ``--eval-every`` steps. ``--export`` writes the weights in fp16 with all of that in
+``extra`` (``minimoe export`` keeps only the loss curve).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from minimoe.config import preset
+from minimoe.experiments import RecordingTrainer
 from minimoe.model import build_model
-from minimoe.moe import MoELayer
-from minimoe.train import Trainer, TrainConfig, mixture_batches, save_checkpoint
+from minimoe.train import TrainConfig, mixture_batches, save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,50 +48,20 @@ def main(argv: list[str] | None = None) -> int:
                        eval_every=args.eval_every, checkpoint_every=args.steps)
     data = mixture_batches(args.samples, 512, args.batch_size, args.seed, seq_len=args.seq_len)
     model = build_model(cfg, seed=args.seed)
-    trainer = Trainer(model, data, tcfg, out_dir=args.out, progress=False, dispatch=args.dispatch)
-
-    # What the Trainer does not keep: real input tokens so far, and each MoE layer's load per expert.
-    seen = {"tokens": 0}
-    loads: dict[int, list[torch.Tensor]] = {}
-    history: list[dict] = []
-
-    def keep_load(layer_index):
-        def hook(module, inputs, output):
-            if module.training:
-                loads.setdefault(layer_index, []).append(output[1]["load"].detach())
-        return hook
-
-    for i, block in enumerate(model.blocks):
-        if isinstance(block.ffn, MoELayer):
-            block.ffn.register_forward_hook(keep_load(i))
-
-    curve: list[dict] = []
+    trainer = RecordingTrainer(model, data, tcfg, out_dir=args.out, progress=False, load_every=args.eval_every)
     start = time.perf_counter()
-    step_fn = trainer.train_step
-
-    def timed_step(batch):
-        record = step_fn(batch)
-        seen["tokens"] += record["real_tokens"]  # real (non-PAD) input tokens so far
-        record["elapsed_s"] = time.perf_counter() - start
-        record["input_tokens"] = seen["tokens"]
-        if (trainer.step + 1) % args.eval_every == 0 and loads:
-            history.append({"step": trainer.step + 1,
-                            "load": {i: torch.stack(v).mean(0).tolist() for i, v in loads.items()},
-                            "bias": {i: b.ffn.router.bias.tolist() for i, b in enumerate(model.blocks)
-                                     if isinstance(b.ffn, MoELayer)}})
-            loads.clear()
-        return record
-
-    trainer.train_step = timed_step
     metrics = trainer.fit()
     seconds = time.perf_counter() - start
     last = metrics[-1]
     print(f"{args.preset}: {trainer.step} steps in {seconds:.0f} s, final val_ce {last.get('val_ce', float('nan')):.4f}")
 
     if args.export:
-        keep = ("step", "ce", "val_ce", "aux_loss", "elapsed_s", "input_tokens")
+        keep = ("step", "ce", "val_ce", "aux_loss", "elapsed_s")
         rows = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()
-                 if k in keep or k.startswith("ffn/")} for m in metrics]
+                 if k in keep or k.startswith("ffn/")} | {"input_tokens": m["tokens_seen"]} for m in metrics]
+        # Layer numbers as ints, as chapters 04 and 05 index them (the recorder keeps JSON's strings).
+        history = [{"step": h["step"], "load": {int(i): v for i, v in h["load"].items()},
+                    "bias": {int(i): v for i, v in h["bias"].items()}} for h in trainer.load_history]
         command = "python tools/bake_moe.py " + " ".join(sys.argv[1:] if argv is None else argv)
         path = save_checkpoint(args.export, model, None, trainer.step, None, data.describe(),
                                weights_dtype=torch.float16,

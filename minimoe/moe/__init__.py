@@ -9,9 +9,11 @@ One idea per module:
 - ``capacity``: the capacity factor and which assignments it drops.
 - ``stats``: per-step load statistics (fraction per expert, max/mean load, entropy, dropped).
 - ``layer``: ``MoELayer``, what ``minimoe.model`` builds for the MoE layers of an MoE config.
+- ``ablation``: switch experts off (the router may not choose them) to see what a domain loses.
 - ``viz``: routing tables, the domain × expert matrix, load plots and the routing explorer widget.
 """
 
+from minimoe.moe.ablation import experts_switched_off, top_experts
 from minimoe.moe.balance import bias_update, expert_counts, sequence_balance_loss, switch_aux_loss, z_loss
 from minimoe.moe.capacity import capacity_keep, expert_capacity
 from minimoe.moe.experts import Experts
@@ -22,7 +24,7 @@ from minimoe.moe.stats import load_stats, router_entropy
 
 __all__ = [
     "Experts", "MoELayer", "Router", "RouterOutput", "bias_update", "capacity_keep", "expert_capacity",
-    "expert_counts", "group_limited_mask", "load_stats", "mixtral_router", "router_entropy", "router_probs",
+    "expert_counts", "experts_switched_off", "group_limited_mask", "load_stats", "mixtral_router", "router_entropy", "router_probs",
     "sequence_balance_loss", "set_dispatch_backend", "sigmoid_router", "softmax_router", "switch_aux_loss",
-    "z_loss",
+    "top_experts", "z_loss",
 ]

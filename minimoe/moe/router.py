@@ -151,6 +151,8 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         # DeepSeek-V3's balancing bias: chooses experts, never weights them, and learns outside autograd.
         self.register_buffer("bias", torch.zeros(cfg.n_routed_experts), persistent=True)
+        # (E,) bool or None: experts this router may not choose (minimoe.moe.ablation switches them off).
+        self.switched_off: torch.Tensor | None = None
 
     @property
     def uses_bias(self) -> bool:
@@ -160,6 +162,9 @@ class Router(nn.Module):
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())  # (N, E), in fp32 as routers usually are
         bias = self.bias if self.uses_bias else None
+        if self.switched_off is not None:  # a bias of -inf: never chosen; the weights stay the unbiased scores
+            block = torch.zeros_like(self.bias).masked_fill(self.switched_off, float("-inf"))
+            bias = block if bias is None else bias + block
         kwargs = dict(bias=bias, scaling=cfg.routed_scaling, n_groups=cfg.n_expert_groups,
                       topk_groups=cfg.topk_groups)
         if cfg.router == "sigmoid":

@@ -1,4 +1,4 @@
-"""Chapter 10's exercises: greedy decoding with a KV cache; what an answer costs."""
+"""Chapter 10's exercises: greedy decoding with a KV cache; the decoding roofline; majority votes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from dataclasses import asdict
 
 import torch
 
-from minimoe import recipe
 from minimoe.config import ModelConfig
-from minimoe.generate import generate
+from minimoe.generate import generate, vote_accuracy
 from minimoe.grading.registry import Student, exercise, expect_equal, expect_number, expect_tuple
 from minimoe.model import build_model
 
@@ -52,19 +51,63 @@ def _decode_work(student: Student, rng: torch.Generator) -> None:
                      f"positions processed for a prompt of {len(case[2])} and {case[3]} new tokens")
 
 
-cost = exercise("10.answer_cost", "what an answer costs", functions=("answer_cost",),
-    protects=("minimoe.recipe.answer_cost", "minimoe.recipe.inference_flops_per_token"))
+roofline = exercise("10.roofline", "the time of one decoding step on the roofline", functions=("step_seconds",),
+                    protects=("minimoe.recipe.decode_step", "minimoe.recipe.answer_time"))
 
 
-@cost.check("FLOPs and dollars per answer", points=2,
-            hint="2 FLOPs per activated parameter per generated token; time = FLOPs / (peak x MFU); dollars = hours x price")
-def _cost(student: Student, rng: torch.Generator) -> None:
-    for _ in range(5):
-        u = torch.rand(4, generator=rng, dtype=torch.float64).tolist()
-        n_active, n_tokens = 10 ** (8 + 3 * u[0]), int(1 + 5000 * u[1])
-        mfu, price = 0.05 + 0.9 * u[2], 0.5 + 5 * u[3]
-        want = recipe.answer_cost(n_active, n_tokens, 989.4e12, mfu, price)
-        flops, dollars = expect_tuple(student.call("answer_cost", n_active, n_tokens, 989.4e12, mfu, price), 2,
-                                      "answer_cost should return (flops, dollars)")
-        expect_number(flops, want.flops, "flops")
-        expect_number(dollars, want.dollars, "dollars")
+def _roofline_case(rng: torch.Generator) -> tuple:
+    u = torch.rand(7, generator=rng, dtype=torch.float64).tolist()
+    weight_bytes = 10 ** (6 + 6 * u[0])  # 1 MB .. 1 TB
+    kv_bytes_per_token = int(10 ** (3 + 2 * u[1]))
+    position = int(4000 * u[2])
+    batch = [1, 2, 8, 64, 256][int(5 * u[3])]
+    flops_per_token = 10 ** (6 + 6 * u[4])
+    bandwidth, peak = 10 ** (10 + 2.5 * u[5]), 10 ** (11 + 4 * u[6])
+    return weight_bytes, kv_bytes_per_token, position, batch, flops_per_token, bandwidth, peak
+
+
+def _roofline_want(weight_bytes, kv_bytes_per_token, position, batch, flops_per_token, bandwidth, peak) -> float:
+    memory = (weight_bytes + batch * position * kv_bytes_per_token) / bandwidth
+    return max(memory, batch * flops_per_token / peak)
+
+
+@roofline.check("seconds per step, memory-bound and compute-bound", points=2,
+                hint="the step reads the weights once and every sequence's cache up to its position; "
+                     "the time is the larger of bytes / bandwidth and FLOPs / peak")
+def _roofline_cases(student: Student, rng: torch.Generator) -> None:
+    for _ in range(12):
+        case = _roofline_case(rng)
+        want = _roofline_want(*case)
+        expect_number(student.call("step_seconds", *case), want, f"step_seconds(batch={case[3]}, position={case[2]})")
+    # One step bound by memory (a large model at batch 1), one bound by compute (a small model, a big batch).
+    for case in ((2e9, 70272, 0, 1, 7.3e10, 3.35e12, 9.9e14), (1e6, 1000, 100, 512, 1e9, 1e12, 1e12)):
+        expect_number(student.call("step_seconds", *case), _roofline_want(*case), f"step_seconds{case}")
+
+
+votes = exercise("10.majority_vote", "accuracy of a majority vote over sampled answers", functions=("vote_accuracy",),
+                 protects=("minimoe.generate.vote_accuracy", "minimoe.generate.majority_vote"))
+
+
+def _votes_case(rng: torch.Generator) -> tuple[list[list[str]], list[str], int]:
+    problems = int(torch.randint(1, 12, (1,), generator=rng))
+    m = int(torch.randint(1, 17, (1,), generator=rng))
+    answers = [[str(int(v)) for v in torch.randint(0, 3, (m,), generator=rng)] for _ in range(problems)]
+    truths = [str(int(v)) for v in torch.randint(0, 3, (problems,), generator=rng)]
+    n = int(torch.randint(1, m + 1, (1,), generator=rng))
+    return answers, truths, n
+
+
+@votes.check("disjoint groups of n, ties to the first answer", points=2,
+             hint="each problem's m answers make m // n disjoint votes (the first n, the next n, ...); a tie goes "
+                  "to the answer that appears first in the group; average over every vote of every problem")
+def _votes_cases(student: Student, rng: torch.Generator) -> None:
+    for _ in range(10):
+        answers, truths, n = _votes_case(rng)
+        want = vote_accuracy(answers, truths, n)
+        expect_number(student.call("vote_accuracy", answers, truths, n), want,
+                      f"vote_accuracy({len(answers)} problems of {len(answers[0])} answers, n={n})", rel=1e-9)
+    tie = [["4", "5", "5", "4"], ["7", "7", "7", "1"]]
+    expect_number(student.call("vote_accuracy", tie, ["4", "7"], 4), 1.0, "a tie of 4 and 5 goes to the first, 4",
+                  rel=1e-9)
+    expect_number(student.call("vote_accuracy", tie, ["4", "7"], 3), 0.5, "n=3 of 4 answers: one vote per problem",
+                  rel=1e-9)
