@@ -79,8 +79,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             "experts, top-k routing, gate weights, the naive dispatch loop",
             "minimoe.moe"),
     Chapter("05", "keeping_experts_busy", "Keeping experts busy",
-            "load balancing, capacity, shared and fine-grained experts",
-            "minimoe.moe"),
+            "load balancing, capacity; dense against MoE at equal activated FLOPs, with seeds and an ablation",
+            "minimoe.moe, minimoe.experiments"),
     Chapter("06", "the_oven_dispatch_kernel", "The oven: an expert-dispatch kernel",
             "sort/permute, grouped matmul, combine; a Triton kernel with autograd",
             "minimoe.dispatch"),
@@ -94,8 +94,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             "expert parallelism with all-to-all on torch.distributed",
             "minimoe.parallel"),
     Chapter("10", "thinking_costs_tokens", "Thinking costs tokens",
-            "test-time compute: chain-of-thought against direct answers",
-            "minimoe.generate, minimoe.recipe"),
+            "chain of thought against direct answers at equal budgets; majority votes; the decoding roofline",
+            "minimoe.generate, minimoe.recipe, minimoe.experiments"),
 )
 
 

@@ -131,7 +131,7 @@ def test_grade_the_chapter_00_solution_from_any_folder(installed):
 def test_a_notebook_from_any_folder_gives_its_stored_outputs(installed):
     python, work = installed
     code = "\n".join(c.source for c in nbformat.read(ROOT / NOTEBOOK, as_version=4).cells if c.cell_type == "code")
-    assert "baked(" in code and "training_run(" in code, f"{NOTEBOOK} no longer loads shipped data: pick another"
+    assert "baked(" in code and "summary(" in code, f"{NOTEBOOK} no longer loads shipped data: pick another"
     folder = work / "notebook"
     folder.mkdir()
     shutil.copy(ROOT / NOTEBOOK, folder)
