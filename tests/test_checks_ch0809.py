@@ -19,42 +19,29 @@ def _forward_only(x, recv_splits, send_splits):  # right rows, but autograd cann
     return out
 
 
-class _SameSplitsBack(torch.autograd.Function):
-    """The backward sends the gradient with the forward's splits instead of swapping them."""
+class _Exchange(torch.autograd.Function):
+    """The exchange with autograd; ``swap=False`` is the mistake of sending the gradient back with the
+    forward's splits instead of swapping them. (A right answer written here: the package's
+    ``all_to_all`` is guarded while the checks run.)"""
 
     @staticmethod
-    def forward(ctx, x, recv_splits, send_splits):
-        ctx.splits = (list(recv_splits), list(send_splits))
+    def forward(ctx, x, recv_splits, send_splits, swap):
+        ctx.splits, ctx.swap = (list(recv_splits), list(send_splits)), swap
         return _forward_only(x, recv_splits, send_splits)
 
     @staticmethod
     def backward(ctx, grad):
         recv_splits, send_splits = ctx.splits
-        out = grad.new_empty(sum(recv_splits), *grad.shape[1:])
-        dist.all_to_all_single(out, grad.contiguous(), list(recv_splits), list(send_splits))
-        return out, None, None
+        back = (send_splits, recv_splits) if ctx.swap else (recv_splits, send_splits)
+        return _forward_only(grad, *back), None, None, None
 
 
 def _same_splits_back(x, recv_splits, send_splits):
-    return _SameSplitsBack.apply(x, recv_splits, send_splits)
-
-
-class _Exchange(torch.autograd.Function):
-    """A right answer written here: the package's ``all_to_all`` is guarded while the checks run."""
-
-    @staticmethod
-    def forward(ctx, x, recv_splits, send_splits):
-        ctx.splits = (list(recv_splits), list(send_splits))
-        return _forward_only(x, recv_splits, send_splits)
-
-    @staticmethod
-    def backward(ctx, grad):
-        recv_splits, send_splits = ctx.splits
-        return _forward_only(grad, send_splits, recv_splits), None, None
+    return _Exchange.apply(x, recv_splits, send_splits, False)
 
 
 def all_to_all(x, recv_splits, send_splits):
-    return _Exchange.apply(x, recv_splits, send_splits)
+    return _Exchange.apply(x, recv_splits, send_splits, True)
 
 
 def _flat_rows(x, recv_splits, send_splits):  # sizes the output as if rows were 1-D numbers
