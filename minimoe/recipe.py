@@ -24,7 +24,6 @@ router, the shared experts, its top-k routed experts and the whole output head.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 from minimoe.config import ModelConfig, preset
@@ -536,32 +535,19 @@ def answer_time(cfg: ModelConfig | str, tokens: int, prompt_tokens: int = 0, bat
 
 def measure_bandwidth(megabytes: float = 256, repeats: int = 5) -> float:
     """This machine's memory bandwidth, bytes/s: the best of ``repeats`` copies of a ``megabytes`` tensor
-    (each copy reads and writes it, 2 · size bytes). Uses torch's current thread count."""
-    import torch
+    (each copy reads and writes it, 2 · size bytes). Uses torch's current thread count.
+    ``minimoe.roofline.measure_bandwidth`` on the CPU, in this module's units."""
+    from minimoe.roofline import measure_bandwidth as measure
 
-    n = int(_positive("megabytes", megabytes) * 1e6 // 4)
-    src, dst = torch.ones(n), torch.empty(n)
-    dst.copy_(src)  # touch the pages once
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 4 * n / best
+    return measure("cpu", nbytes=int(_positive("megabytes", megabytes) * 1e6), repeats=max(1, repeats))
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """This machine's fp32 matmul rate, FLOP/s: the best of ``repeats`` (n x n) @ (n x n) products (2·n³ each)."""
-    import torch
+    """This machine's fp32 matmul rate, FLOP/s: the best of ``repeats`` (n x n) @ (n x n) products (2·n³ each).
+    ``minimoe.roofline.measure_peak_flops`` on the CPU."""
+    from minimoe.roofline import measure_peak_flops
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm up
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return measure_peak_flops("cpu", n=n, repeats=max(1, repeats))
 
 
 # --- humane units ------------------------------------------------------------------------------

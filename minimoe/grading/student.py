@@ -95,27 +95,37 @@ class LocalStudent:
             raise StudentError(f"`{name}` is not defined: run the cell that defines it")
         return self.namespace[name]
 
-    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        fn = self._lookup(name)
-        if not callable(fn):
-            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
-        args, kwargs = copy.deepcopy((args, kwargs))
+    def _guarded(self, name: str, run: Any, catch: Any = Exception, describe: Any = None) -> Any:
+        """``run()`` with this exercise's package references guarded; the student's errors (``catch``,
+        worded by ``describe``) and a tripped guard, here or on a forked rank, become StudentErrors."""
         hits: list[str] = []
         error = ""
         try:
-            with guarded(self.protects) as hits:
-                out = fn(*args, **kwargs)
+            with guarded(self.protects) as hits:  # forked ranks inherit the traps
+                out = run()
         except Tripped:
             pass
         except NotImplementedError:
             error = f"`{name}` is not written yet (it raises NotImplementedError)"
-        except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
-            error = f"`{name}` raised {type(e).__name__}: {e}"
+        except catch as e:  # noqa: BLE001 - the student's error becomes the check's message
+            error = describe(e) if describe else f"`{name}` raised {type(e).__name__}: {e}"
+            hits += [n for n in tripped_names(str(e)) if n not in hits]  # a rank that tripped the guard
         if hits:
             raise StudentError(used_reference_message(name, hits))
         if error:
             raise StudentError(error)
-        return plain(out, f"what `{name}` returned")
+        return out
+
+    def _function(self, name: str) -> Any:
+        fn = self._lookup(name)
+        if not callable(fn):
+            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
+        return fn
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = self._function(name)
+        args, kwargs = copy.deepcopy((args, kwargs))
+        return plain(self._guarded(name, lambda: fn(*args, **kwargs)), f"what `{name}` returned")
 
     def value(self, name: str) -> Any:
         return plain(self._lookup(name), f"`{name}`")
@@ -123,44 +133,15 @@ class LocalStudent:
     def call_on_ranks(self, name: str, world: int, args_per_rank: list, driver: str = "call") -> list:
         from minimoe.parallel import RANK_TIMEOUT_S, DistributedError, call_on_ranks
 
-        fn = self._lookup(name)
-        if not callable(fn):
-            raise StudentError(f"`{name}` is a {type(fn).__name__}, not a function")
+        fn = self._function(name)
         args_per_rank = copy.deepcopy(args_per_rank)
-        hits: list[str] = []
-        error = ""
-        try:
-            with guarded(self.protects) as hits:  # forked ranks inherit the traps
-                out = call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S)
-        except Tripped:
-            pass
-        except NotImplementedError:
-            error = f"`{name}` is not written yet (it raises NotImplementedError)"
-        except (DistributedError, RuntimeError) as e:
-            error = f"`{name}` on {world} ranks: {e}"
-            hits += [n for n in tripped_names(str(e)) if n not in hits]  # a rank tripped the guard
-        if hits:
-            raise StudentError(used_reference_message(name, hits))
-        if error:
-            raise StudentError(error)
+        out = self._guarded(name, lambda: call_on_ranks(fn, world, args_per_rank, driver, RANK_TIMEOUT_S),
+                            (DistributedError, RuntimeError), lambda e: f"`{name}` on {world} ranks: {e}")
         return plain(out, f"what `{name}` returned on {world} ranks")
 
     def launch(self, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> list:
         kernel = self._lookup(name)
         args, meta = copy.deepcopy((args, meta))
-        hits: list[str] = []
-        error = ""
-        try:
-            with guarded(self.protects) as hits:
-                out = launch_kernel(kernel, grid, args, meta)
-        except Tripped:
-            pass
-        except NotImplementedError:
-            error = f"`{name}` is not written yet (it raises NotImplementedError)"
-        except Exception as e:  # noqa: BLE001 - the student's error becomes the check's message
-            error = f"`{name}` raised {type(e).__name__}: {e}"[:500]
-        if hits:
-            raise StudentError(used_reference_message(name, hits))
-        if error:
-            raise StudentError(error)
+        out = self._guarded(name, lambda: launch_kernel(kernel, grid, args, meta),
+                            describe=lambda e: f"`{name}` raised {type(e).__name__}: {e}"[:500])
         return plain(out, f"what `{name}` wrote")
