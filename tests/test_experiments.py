@@ -134,6 +134,25 @@ def test_experiment_rejects_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
+def test_the_shipped_long_dense_run_is_the_one_the_code_defines():
+    from dataclasses import asdict
+
+    from minimoe.experiments import summary
+
+    run = next(r for r in ch05.runs() if r.name == "dense-16k-s0")
+    shipped = summary("ch05")["settings"]["dense-16k"]
+    assert shipped["group"] == run.group == "search" and shipped["seeds"] == [run.seed]
+    for recorded, defined in ((shipped["train_config"], asdict(run.train)), (shipped["model_config"], asdict(run.model))):
+        defined = json.loads(json.dumps(defined))  # tuples -> lists, as in the record
+        assert recorded.keys() == defined.keys()
+        for key, value in defined.items():  # the record keeps 5 significant digits
+            assert recorded[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), key
+    main = summary("ch05")["settings"]["dense"]
+    assert shipped["model_config"] == main["model_config"] and run.train.steps > 6 * main["train_config"]["steps"]
+    f = shipped["flattening"][0]
+    assert f["fitted_improvement"] is not None and f["last_window_improvement"] > 0  # the record says "not flat"
+
+
 # --- the package pieces ------------------------------------------------------------------------------
 
 def test_settings_hold_activated_width_and_the_upper_bracket():
@@ -256,6 +275,17 @@ def test_flattening_and_reach_on_made_up_curves():
     f = ch05.flattening(val)
     assert f["last_window_improvement"] == pytest.approx((1.3875 - 1.385) / 1.3875)
     assert f["first_flat_step"] == 400  # 1.3955 (at 360) -> 1.39: under 1%
+    assert f["fitted_improvement"] is None and f["first_flat_step_fitted"] is None  # < 3 points per window
+    # A straight decline: the line through the last tenth's evaluations gives its exact drop.
+    line = [(s, 2.0 - 1e-4 * s) for s in range(100, 5100, 100)]  # 1.5 at 5,000, 1.55 at 4,500
+    f = ch05.flattening(line)
+    assert f["fitted_improvement"] == pytest.approx(0.05 / 1.55) == pytest.approx(f["last_window_improvement"])
+    # A flat curve whose last evaluation dips 3%: point to point it still "improves", the fitted line barely.
+    noisy = [(s, 1.0 + 0.004 * (-1) ** (s // 100)) for s in range(100, 10100, 100)]
+    noisy[-1] = (10000, 0.97)
+    f = ch05.flattening(noisy)
+    assert f["last_window_improvement"] > 0.02 and abs(f["fitted_improvement"]) < 0.01
+    assert f["first_flat_step_fitted"] is not None and f["first_flat_step_fitted"] <= 3000
     assert ch05._interp_reach(val, 1.45) == pytest.approx(250)
     assert ch05._interp_reach(val, 1.0) is None
 

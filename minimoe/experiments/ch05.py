@@ -16,7 +16,9 @@ packed rows of 256 tokens, learning rate 3e-3 with a cosine decay to 3e-4):
 The first layer stays dense in every MoE (as in ``tiny-moe``). Every run trains on the same
 problems (data seed 0); a run's seed sets the initialisation and the batch order. Search runs
 (``group="search"``, one seed) try what could move the result: a higher learning rate (for dense and
-MoE) and four times the experts.
+MoE) and four times the experts; and ``dense-16k`` trains the dense model 6.7 times longer, to see how
+far its curve is from flat (its last tenth still improved it by about 2%: 3 seeds of every setting at
+that length would take about 13 CPU-hours of this course's machine).
 
 At the end of a run (``evaluate``), on 100 test problems per domain: the loss per domain, the
 greedy answers' accuracy per domain, and for an MoE the domain x expert matrix of every MoE layer
@@ -85,7 +87,7 @@ def settings(quick: bool = False) -> dict[str, ModelConfig]:
 
 
 # The dense run each search setting is measured against (same steps and learning rate); others: "dense".
-BASELINES = {"moe-switch-lr1e-2": "dense-lr1e-2"}
+BASELINES = {"moe-switch-lr1e-2": "dense-lr1e-2", "dense-16k": "dense-16k"}  # dense-16k: compared with none
 
 MAIN_ORDER = ("dense", "dense-total", "moe-none", "moe-switch", "moe-sigmoid", "moe-sigmoid-bias", "moe-fine")
 
@@ -122,6 +124,11 @@ def runs(quick: bool = False, seeds: int = 3) -> list[Run]:
     for name, cfg, n_steps, rate in search:
         out.append(Run(f"{name}-s0", name, 0, cfg, _train(n_steps, rate, quick), data, group="search",
                        load_every=load_every, evaluation=evaluation))
+    # How long until dense flattens? The dense model for 16,000 steps (6.7x), on as many more problems
+    # (each still read about once), evaluated and checkpointed half as often.
+    long = TrainConfig(steps=16_000, lr=lr, min_lr=lr / 10, warmup=50, eval_every=200, checkpoint_every=400)
+    out.append(Run("dense-16k-s0", "dense-16k", 0, s["dense"], long, data | {"n_train": 1_300_000}, group="search",
+                   load_every=200, evaluation=evaluation))
     return out
 
 
@@ -193,20 +200,50 @@ def _interp_reach(points: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
+def _fit_improvement(points: list[tuple[int, float]], start: float, end: float) -> float | None:
+    """The relative drop from ``start`` to ``end`` of the Theil-Sen line through ``points`` (its slope
+    the median of the slopes between every two points, so one stray evaluation cannot tilt it).
+    None with fewer than 3 points: a line through two noisy evaluations says little."""
+    if len(points) < 3:
+        return None
+    slopes = sorted((y1 - y0) / (x1 - x0) for i, (x0, y0) in enumerate(points) for x1, y1 in points[i + 1:])
+    m = len(slopes)
+    slope = (slopes[(m - 1) // 2] + slopes[m // 2]) / 2
+    offsets = sorted(y - slope * x for x, y in points)
+    intercept = (offsets[(len(points) - 1) // 2] + offsets[len(points) // 2]) / 2
+    return -slope * (end - start) / (intercept + slope * start)
+
+
 def flattening(val: list[tuple[int, float]], window: float = 0.1) -> dict:
-    """How flat a validation curve [(step, loss)] is: the relative improvement over its last ``window`` of
-    steps, and the first evaluated step s at which the improvement from 0.9·s to s fell below 1%."""
+    """How flat a validation curve [(step, loss)] is over its last ``window`` of steps.
+
+    - ``last_window_improvement``: the relative drop from the loss at (1 - window)·N (interpolated) to
+      the last evaluation, N the last step;
+    - ``fitted_improvement``: the same drop read off a robust line (Theil-Sen) through every
+      evaluation in that window. Near the end of training consecutive evaluations scatter by a few
+      percent, so two points cannot resolve a 1% change; a line through all of the window's can.
+      None with fewer than 3 evaluations in the window;
+    - ``first_flat_step``: the first evaluated step s at which the improvement from 0.9·s to s fell
+      below 1% (point to point), and ``first_flat_step_fitted`` the same with the fitted line.
+    """
     def loss_at(step: float) -> float:  # linear interpolation between evaluations
         for (x0, y0), (x1, y1) in zip(val, val[1:]):
             if x0 <= step <= x1:
                 return y0 + (y1 - y0) * (step - x0) / (x1 - x0)
         return val[0][1] if step < val[0][0] else val[-1][1]
 
+    def fitted(end: int) -> float | None:
+        start = (1 - window) * end
+        return _fit_improvement([(s, y) for s, y in val if start <= s <= end], start, end)
+
     last_step, last = val[-1]
     start = loss_at((1 - window) * last_step)
-    first_flat = next((s for s, y in val if s >= val[0][0] / (1 - window)
-                       and (loss_at((1 - window) * s) - y) / loss_at((1 - window) * s) < 0.01), None)
-    return {"last_window_improvement": (start - last) / start, "first_flat_step": first_flat}
+    eligible = [(s, y) for s, y in val if s >= val[0][0] / (1 - window)]
+    first_flat = next((s for s, y in eligible
+                       if (loss_at((1 - window) * s) - y) / loss_at((1 - window) * s) < 0.01), None)
+    first_fit = next((s for s, _ in eligible if (f := fitted(s)) is not None and f < 0.01), None)
+    return {"last_window_improvement": (start - last) / start, "fitted_improvement": fitted(last_step),
+            "first_flat_step": first_flat, "first_flat_step_fitted": first_fit}
 
 
 def _mean_std(xs: list[float]) -> dict:
