@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
+from statistics import median
 
 import torch
 
@@ -206,11 +207,8 @@ def _fit_improvement(points: list[tuple[int, float]], start: float, end: float) 
     None with fewer than 3 points: a line through two noisy evaluations says little."""
     if len(points) < 3:
         return None
-    slopes = sorted((y1 - y0) / (x1 - x0) for i, (x0, y0) in enumerate(points) for x1, y1 in points[i + 1:])
-    m = len(slopes)
-    slope = (slopes[(m - 1) // 2] + slopes[m // 2]) / 2
-    offsets = sorted(y - slope * x for x, y in points)
-    intercept = (offsets[(len(points) - 1) // 2] + offsets[len(points) // 2]) / 2
+    slope = median((y1 - y0) / (x1 - x0) for i, (x0, y0) in enumerate(points) for x1, y1 in points[i + 1:])
+    intercept = median(y - slope * x for x, y in points)
     return -slope * (end - start) / (intercept + slope * start)
 
 
