@@ -36,7 +36,7 @@ out["exists"] = {p: os.path.exists(p) for p in paths["hidden"]}
 out["writable"] = {p: can(lambda p=p: open(os.path.join(p, "minimoe-probe.txt"), "w").close()) for p in paths["readonly"]}
 out["home_writable"] = can(lambda: open("probe.txt", "w").write("x"))
 out["tmp_writable"] = can(lambda: open("/tmp/probe.txt", "w").write("x"))
-out["network"] = can(lambda: socket.create_connection(("1.1.1.1", 53), timeout=3))
+out["network"] = can(lambda: socket.create_connection(("1.1.1.1", 53), timeout=30))  # unreachable fails at once
 print(json.dumps(out))
 '''
 
