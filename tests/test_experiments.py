@@ -2,8 +2,11 @@
 finished runs; and the pieces the experiments added to the package (ablation, votes, roofline)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from minimoe import recipe
 from minimoe.config import ModelConfig, preset
 from minimoe.data import DOMAINS, Mixture, collate
 from minimoe.experiments import ch05, ch10, experiment, run_experiment, train_run
-from minimoe.experiments.runner import batch_flops, run_folder, sample_lengths
+from minimoe.experiments.runner import batch_flops, exit_with_parent, run_folder, sample_lengths
 from minimoe.generate import majority_vote, vote_accuracy
 from minimoe.model import build_model
 from minimoe.moe import experts_switched_off, top_experts
@@ -152,6 +155,55 @@ def test_the_shipped_long_dense_run_is_the_one_the_code_defines():
     f = shipped["flattening"][0]
     assert f["fitted_improvement"] is not None and f["last_window_improvement"] > 0  # the record says "not flat"
 
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _within(seconds: float, condition) -> bool:
+    """Whether ``condition()`` comes true within ``seconds`` (polled; generous limits, for loaded machines)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_exits_when_the_runner_is_killed_even_by_sigkill(tmp_path):
+    # runner -> worker, as in the pool: the worker watches the runner's pid; the runner dies without cleanup
+    started = tmp_path / "watching"
+    worker_code = ("import sys, time; from pathlib import Path; from minimoe.experiments.runner import exit_with_parent; "
+                   "exit_with_parent(int(sys.argv[1]), 0.1); Path(sys.argv[2]).touch(); time.sleep(600)")
+    runner_code = ("import os, subprocess, sys, time; "
+                   f"w = subprocess.Popen([sys.executable, '-c', {worker_code!r}, str(os.getpid()), sys.argv[1]]); "
+                   "print(w.pid, flush=True); time.sleep(600)")
+    runner = subprocess.Popen([sys.executable, "-c", runner_code, str(started)], stdout=subprocess.PIPE, text=True)
+    worker = int(runner.stdout.readline())
+    try:
+        assert _within(120, started.exists), "the worker never started watching"
+        time.sleep(1.0)  # ten watch intervals
+        assert _alive(worker), "the worker exited while its runner was alive"
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=60)
+        assert _within(60, lambda: not _alive(worker)), "the worker outlived its runner"
+    finally:
+        runner.kill()
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_exit_with_parent_rejects_bad_arguments():
+    for bad in (0, -1, True, "1", 1.5):
+        with pytest.raises(ValueError, match="parent"):
+            exit_with_parent(bad)
+    with pytest.raises(ValueError, match="every"):
+        exit_with_parent(os.getpid(), 0)
 
 # --- the package pieces ------------------------------------------------------------------------------
 

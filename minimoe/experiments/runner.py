@@ -14,6 +14,7 @@ An experiment (chapter 05's dense against MoE, chapter 10's thinking against ans
 
 A run stopped anywhere (a crash, Ctrl-C, a killed machine) resumes from its last checkpoint with the
 same batches (``minimoe.train``'s guarantee), so running the same command again finishes the job.
+Killing the runner, even with SIGKILL, also stops its worker processes (``exit_with_parent``).
 
 ``RecordingTrainer`` is the ``Trainer`` plus what chapter 05 plots: each step's wall-clock and CPU
 time (validation excluded), real tokens, scored tokens and training FLOPs so far, and each MoE
@@ -27,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -288,10 +290,35 @@ def train_run(experiment: Experiment, run: Run, folder: str | Path, device: str 
     return json.loads(record_path.read_text())  # as any later reader sees it (JSON: layer keys are strings)
 
 
-def _work(experiment_name: str, run: Run, folder: str, device: str, threads: int, command: str) -> str:
-    """One run in a worker process (a fresh interpreter: spawn)."""
+def exit_with_parent(parent: int, every: float = 2.0) -> threading.Thread:
+    """Exit this process within ``every`` seconds of process ``parent`` ending (killed, even by SIGKILL).
+
+    A worker of the runner's pool would otherwise go on training as an orphan after the runner is
+    killed, and a second runner would then train the same run beside it. Checkpoints and records are
+    written atomically, so exiting at any moment loses at most the steps since the last checkpoint.
+    """
+    if not isinstance(parent, int) or isinstance(parent, bool) or parent < 1:
+        raise ValueError(f"parent: got {parent!r}, need a process id")
+    if not every > 0:
+        raise ValueError(f"every: got {every!r}, need seconds > 0")
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)  # no cleanup: the parent is gone, and nothing of this run is half-written
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _work(experiment_name: str, run: Run, folder: str, device: str, threads: int, command: str,
+          parent: int | None = None) -> str:
+    """One run in a worker process (a fresh interpreter: spawn); it exits if the runner ``parent`` dies."""
     from minimoe.experiments import experiment
 
+    if parent is not None:
+        exit_with_parent(parent)
     torch.set_num_threads(threads)
     train_run(experiment(experiment_name), run, folder, device, threads, command)
     return run.name
@@ -345,7 +372,8 @@ def run_experiment(name: str, quick: bool = False, seeds: int | None = None, dev
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_work, exp.name, r, str(run_folder(out, r)), device, threads, command): r
+            me = os.getpid()  # each worker exits when this process is gone
+            futures = {pool.submit(_work, exp.name, r, str(run_folder(out, r)), device, threads, command, me): r
                        for r in todo}
             for fut in as_completed(futures):
                 r = futures[fut]
