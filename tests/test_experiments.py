@@ -156,6 +156,19 @@ def test_the_shipped_long_dense_run_is_the_one_the_code_defines():
     assert f["fitted_improvement"] is not None and f["last_window_improvement"] > 0  # the record says "not flat"
 
 
+def test_ch10_runs_keep_equal_flops_and_ninety_percent():
+    cot, direct = ch10.runs()
+    every = cot.train.eval_every
+    for run in (cot, direct):
+        late = [k for k in run.keep if k >= 0.85 * run.train.steps]
+        assert len(late) == 1 and abs(late[0] - 0.9 * run.train.steps) <= every / 2 and late[0] % every == 0
+        assert list(run.keep) == sorted(set(run.keep)) and all(0 < k < run.train.steps for k in run.keep)
+    assert cot.train.steps in direct.keep  # equal FLOPs: direct's weights at cot's step count
+    # equal supervised tokens: direct's extra steps make up for its rows holding fewer scored tokens
+    ratio = direct.evaluation["supervised_ratio"]
+    assert abs(direct.train.steps / cot.train.steps - ratio) < every / cot.train.steps
+    assert ch10.runs(True, 1)[0].keep == ()  # the smoke run is too short for a 90% evaluation
+
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting to be reaped)."""
     try:

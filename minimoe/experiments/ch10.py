@@ -32,8 +32,8 @@ DIRECT = {"add_direct": 1.0, "mul_direct": 1.0}
 DATA_SEED = 0
 QUICK_MODEL = ModelConfig(name="ch10-quick", vocab_size=100, d_model=16, n_layers=2, n_heads=2, ffn_hidden=48,
                           max_seq_len=256)
-# Width 64, 4 layers (the first version of chapter 05's dense model): about a quarter of ``tiny``'s
-# compute per token, so that both runs fit in a few CPU-hours.
+# Chapter 05's dense model (width 64, 4 layers): about a quarter of ``tiny``'s compute per token, so
+# that both runs fit in a few CPU-hours.
 MODEL = ModelConfig(name="ch10", vocab_size=100, d_model=64, n_layers=4, n_heads=4, ffn_hidden=176, max_seq_len=256)
 DIGITS = {"add": (1, 2, 3, 4, 5), "mul": (1, 2, 3)}
 VOTE_CELLS = (("add", 4), ("add", 5), ("mul", 2), ("mul", 3))
