@@ -137,13 +137,14 @@ def test_experiment_rejects_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-def test_the_shipped_long_dense_run_is_the_one_the_code_defines():
+@pytest.mark.parametrize("name", ch05.LONG)
+def test_the_shipped_long_dense_runs_are_the_ones_the_code_defines(name):
     from dataclasses import asdict
 
     from minimoe.experiments import summary
 
-    run = next(r for r in ch05.runs() if r.name == "dense-16k-s0")
-    shipped = summary("ch05")["settings"]["dense-16k"]
+    run = next(r for r in ch05.runs() if r.name == f"{name}-s0")
+    shipped = summary("ch05")["settings"][name]
     assert shipped["group"] == run.group == "search" and shipped["seeds"] == [run.seed]
     for recorded, defined in ((shipped["train_config"], asdict(run.train)), (shipped["model_config"], asdict(run.model))):
         defined = json.loads(json.dumps(defined))  # tuples -> lists, as in the record
@@ -152,8 +153,12 @@ def test_the_shipped_long_dense_run_is_the_one_the_code_defines():
             assert recorded[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), key
     main = summary("ch05")["settings"]["dense"]
     assert shipped["model_config"] == main["model_config"] and run.train.steps > 6 * main["train_config"]["steps"]
-    f = shipped["flattening"][0]
-    assert f["fitted_improvement"] is not None and f["last_window_improvement"] > 0  # the record says "not flat"
+    f, curve = shipped["flattening"][0], shipped["curves"][0]
+    assert f["fitted_improvement"] is not None
+    again = ch05.flattening(list(zip(curve["step"], curve["val_ce"])))  # from the shipped curve
+    for key in ("last_window_improvement", "fitted_improvement"):
+        assert again[key] == pytest.approx(f[key], abs=1e-3), key
+    assert again["first_flat_step_fitted"] == f["first_flat_step_fitted"]
 
 
 def test_ch10_runs_keep_equal_flops_and_ninety_percent():

@@ -16,9 +16,10 @@ packed rows of 256 tokens, learning rate 3e-3 with a cosine decay to 3e-4):
 The first layer stays dense in every MoE (as in ``tiny-moe``). Every run trains on the same
 problems (data seed 0); a run's seed sets the initialisation and the batch order. Search runs
 (``group="search"``, one seed) try what could move the result: a higher learning rate (for dense and
-MoE) and four times the experts; and ``dense-16k`` trains the dense model 6.7 times longer, to see how
-far its curve is from flat (its last tenth still improved it by about 2%: 3 seeds of every setting at
-that length would take about 13 CPU-hours of this course's machine).
+MoE) and four times the experts; and ``dense-16k`` and ``dense-32k`` train the dense model 6.7 and 13.3
+times longer, to find the length at which its curve flattens (at 16,000 steps its last tenth still
+improved it by about 2%; 3 seeds of every setting at that length alone would take about 13 CPU-hours
+of this course's machine).
 
 At the end of a run (``evaluate``), on 100 test problems per domain: the loss per domain, the
 greedy answers' accuracy per domain, and for an MoE the domain x expert matrix of every MoE layer
@@ -88,7 +89,8 @@ def settings(quick: bool = False) -> dict[str, ModelConfig]:
 
 
 # The dense run each search setting is measured against (same steps and learning rate); others: "dense".
-BASELINES = {"moe-switch-lr1e-2": "dense-lr1e-2", "dense-16k": "dense-16k"}  # dense-16k: compared with none
+BASELINES = {"moe-switch-lr1e-2": "dense-lr1e-2", "dense-16k": "dense-16k", "dense-32k": "dense-32k"}  # long: none
+LONG = ("dense-16k", "dense-32k")  # the dense model trained longer, to find where its curve flattens
 
 MAIN_ORDER = ("dense", "dense-total", "moe-none", "moe-switch", "moe-sigmoid", "moe-sigmoid-bias", "moe-fine")
 
@@ -129,6 +131,10 @@ def runs(quick: bool = False, seeds: int = 3) -> list[Run]:
     # (each still read about once), evaluated and checkpointed half as often.
     long = TrainConfig(steps=16_000, lr=lr, min_lr=lr / 10, warmup=50, eval_every=200, checkpoint_every=400)
     out.append(Run("dense-16k-s0", "dense-16k", 0, s["dense"], long, data | {"n_train": 1_300_000}, group="search",
+                   load_every=200, evaluation=evaluation))
+    # Twice that again (16,000 was still 2% from flat), checkpointed every 500 steps.
+    longer = TrainConfig(steps=32_000, lr=lr, min_lr=lr / 10, warmup=50, eval_every=200, checkpoint_every=500)
+    out.append(Run("dense-32k-s0", "dense-32k", 0, s["dense"], longer, data | {"n_train": 2_600_000}, group="search",
                    load_every=200, evaluation=evaluation))
     return out
 
