@@ -174,6 +174,19 @@ def test_ch10_runs_keep_equal_flops_and_ninety_percent():
     assert abs(direct.train.steps / cot.train.steps - ratio) < every / cot.train.steps
     assert ch10.runs(True, 1)[0].keep == ()  # the smoke run is too short for a 90% evaluation
 
+
+def test_the_shipped_ch10_runs_are_the_ones_the_code_defines():
+    from minimoe.experiments import summary
+
+    shipped = summary("ch10")["runs"]
+    for run in ch10.runs():
+        record = shipped[run.name]
+        assert record["steps"] == run.train.steps, run.name
+        assert [int(k) for k in record["keep"]] == list(run.keep), run.name
+        assert {str(k) for k in (*run.keep, run.train.steps)} <= set(record["at"]), run.name  # each kept step evaluated
+        assert record["model_config"]["d_model"] == run.model.d_model, run.name
+
+
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting to be reaped)."""
     try:

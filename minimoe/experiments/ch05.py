@@ -228,7 +228,10 @@ def flattening(val: list[tuple[int, float]], window: float = 0.1) -> dict:
       percent, so two points cannot resolve a 1% change; a line through all of the window's can.
       None with fewer than 3 evaluations in the window;
     - ``first_flat_step``: the first evaluated step s at which the improvement from 0.9·s to s fell
-      below 1% (point to point), and ``first_flat_step_fitted`` the same with the fitted line.
+      below 1% (point to point), and ``first_flat_step_fitted`` the same with the fitted line. Mid-way
+      through a long cosine schedule the learning rate is still high and the loss can pause before it
+      falls again, so these mark a pause, not convergence: only the last tenth of a finished schedule
+      (the two improvements above) says whether a run of that length flattened.
     """
     def loss_at(step: float) -> float:  # linear interpolation between evaluations
         for (x0, y0), (x1, y1) in zip(val, val[1:]):
