@@ -16,7 +16,8 @@ packed rows of 256 tokens, learning rate 3e-3 with a cosine decay to 3e-4):
 The first layer stays dense in every MoE (as in ``tiny-moe``). Every run trains on the same
 problems (data seed 0); a run's seed sets the initialisation and the batch order. Search runs
 (``group="search"``, one seed) try what could move the result: a higher learning rate (for dense and
-MoE) and four times the experts; and ``dense-16k`` and ``dense-32k`` train the dense model 6.7 and 13.3
+MoE), four times the experts, the best MoE trained as long as ``dense-16k``
+(``moe-sigmoid-bias-16k``); and ``dense-16k`` and ``dense-32k`` train the dense model 6.7 and 13.3
 times longer, to find the length at which its curve flattens (at 16,000 steps its last tenth still
 improved it by about 2%; 3 seeds of every setting at that length alone would take about 13 CPU-hours
 of this course's machine).
